@@ -6,6 +6,7 @@ log noise off unless ``--verbose``.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -438,6 +439,16 @@ class _Warnings:
         elif _state["verbose"]:
             err_console.print(f"[yellow]warning[/] {category.__name__}: {escape(str(message))} "
                               f"({filename}:{lineno})", highlight=False, soft_wrap=True)
+
+
+def _register_commands() -> None:
+    from tfprod import commands
+
+    for name in commands.MODULES:
+        importlib.import_module(f"tfprod.commands.{name}").register(app)
+
+
+_register_commands()
 
 
 def main(argv: list[str] | None = None) -> None:
