@@ -44,3 +44,41 @@ def make_image_folder(root, counts, *, size=(12, 10), fmt="png"):
             index[path] = (i, c)
             i += 1
     return index
+
+
+class TrainedDigits:
+    """A small CNN trained on the sample digits, shared by the whole session.
+
+    ``model`` is shared: a test that changes weights or state must work on ``fresh()``, a copy
+    loaded from ``keras_path`` (architecture, weights and optimizer state).
+    """
+
+    def __init__(self, model, keras_path, train, test, accuracy):
+        self.model = model
+        self.keras_path = keras_path
+        (self.x_train, self.y_train), (self.x_test, self.y_test) = train, test
+        self.accuracy = accuracy
+
+    def fresh(self):
+        import keras
+
+        return keras.saving.load_model(self.keras_path)
+
+
+@pytest.fixture(scope="session")
+def digits_cnn(tmp_path_factory):
+    """``TrainedDigits``: tfprod's small_cnn, 32x32x1 uint8 digits in, 10 softmax outputs."""
+    import keras
+
+    from tfprod.data.sample import load_digits
+    from tfprod.models import small_cnn
+
+    keras.utils.set_random_seed(0)
+    train, test = load_digits(32)
+    model = small_cnn((32, 32, 1), 10, filters=16, dense=32)
+    model.fit(train[0], train[1], batch_size=64, epochs=6, verbose=0)
+    accuracy = float(model.evaluate(test[0], test[1], verbose=0)[1])
+    assert accuracy > 0.9, f"the shared digits CNN reached only {accuracy:.3f} test accuracy"
+    path = tmp_path_factory.mktemp("digits_cnn") / "digits_cnn.keras"
+    model.save(path)
+    return TrainedDigits(model, str(path), train, test, accuracy)
