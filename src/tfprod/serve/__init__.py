@@ -1,0 +1,1 @@
+"""`tfprod serve`: a TF-Serving-compatible model server (REST + gRPC)."""
