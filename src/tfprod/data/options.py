@@ -15,6 +15,11 @@ def apply_options(ds: tf.data.Dataset, *, deterministic: bool = False) -> tf.dat
     options.deterministic = deterministic
     options.experimental_optimization.map_parallelization = True
     options.experimental_optimization.parallel_batch = True
+    # The autotuner's model thread makes deleting an iterator wait for its next wake-up: measured
+    # here, an epoch over a cached dataset then took up to 15x the median, once in a few epochs.
+    # With it off, AUTOTUNE parallelism is the number of cores, which is what it converges to on
+    # small machines anyway, and epochs stay within 1.4x of the median (docs/benchmarks.md).
+    options.autotune.enabled = False
     return ds.with_options(options)
 
 

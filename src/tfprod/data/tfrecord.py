@@ -1,8 +1,8 @@
 """Sharded TFRecord files with a schema: exact writes, and reads that batch before parsing.
 
 Reading parses whole batches with the vectorized ``tf.io.parse_example`` instead of one
-``parse_single_example`` per record: on small examples that is the difference between ~30k and
-~200k examples/s on two cores (see ``docs/benchmarks.md``).
+``parse_single_example`` per record: on small examples that is the difference between ~16k and
+~185k examples/s on two cores (see ``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
@@ -320,11 +320,13 @@ def read_tfrecords(
     deterministic: bool = False,
     drop_remainder: bool = False,
     ignore_errors: bool = False,
+    parallel_reads: bool | None = None,
 ) -> tf.data.Dataset:
     """Reads a folder written by :func:`write_tfrecords` into batches.
 
-    Shards are interleaved in parallel, serialized records are shuffled and batched, and each
-    batch is parsed at once with ``tf.io.parse_example``; then prefetched with AUTOTUNE.
+    Shards are interleaved (read in parallel on remote filesystems), serialized records are
+    shuffled and batched, and each batch is parsed at once with ``tf.io.parse_example``; then
+    prefetched with AUTOTUNE.
 
     Args:
         directory: folder holding ``schema.json`` and its shards.
@@ -339,6 +341,7 @@ def read_tfrecords(
         drop_remainder: drop the last partial batch.
         ignore_errors: skip unreadable or off-schema records instead of failing; a
             :class:`SkippedRecordsWarning` reports how many were skipped, and from which files.
+        parallel_reads: read shards in parallel threads; default: only on a remote filesystem.
 
     Returns:
         A ``tf.data.Dataset`` of dicts (or ``(dict, label)`` tuples).
@@ -373,11 +376,7 @@ def read_tfrecords(
     ds = tf.data.Dataset.from_tensor_slices(files)
     if shuffle and len(files) > 1:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(
-        lambda f: tf.data.TFRecordDataset(f, schema.compression or ""),
-        cycle_length=min(len(files), 8), num_parallel_calls=AUTOTUNE,
-        deterministic=deterministic,
-    )
+    ds = _interleave_shards(ds, schema, len(files), parallel_reads, directory, deterministic)
     variable = any(
         schema.features[n].ragged
         or (schema.features[n].encoding in IMAGE_ENCODINGS and None in schema.features[n].shape)
@@ -427,7 +426,26 @@ def raw_records(directory: str | os.PathLike, *, batch_size: int = 32) -> tf.dat
     directory = os.fspath(directory)
     schema = Schema.load(directory)
     files = [os.path.join(directory, s) for s in schema.shards]
-    ds = tf.data.Dataset.from_tensor_slices(files).interleave(
+    ds = _interleave_shards(tf.data.Dataset.from_tensor_slices(files), schema, len(files),
+                            None, directory, deterministic=False)
+    return apply_options(ds.batch(batch_size).prefetch(AUTOTUNE))
+
+
+def _interleave_shards(files: tf.data.Dataset, schema: Schema, num_files: int,
+                       parallel_reads: bool | None, directory: str,
+                       deterministic: bool) -> tf.data.Dataset:
+    """Records of all shards, interleaved one record from each in turn.
+
+    Reads run in parallel threads only when they wait on I/O: on a remote filesystem
+    (``gs://``, ``s3://``, ``hdfs://``) by default. From a local disk the OS page cache answers
+    at once, and on a small machine parallel readers only take cores from the parser: measured
+    here, reading alone went from ~150k-256k records/s in parallel to ~270k-340k sequentially.
+    """
+    if parallel_reads is None:
+        parallel_reads = "://" in directory
+    return files.interleave(
         lambda f: tf.data.TFRecordDataset(f, schema.compression or ""),
-        cycle_length=min(len(files), 8), num_parallel_calls=AUTOTUNE)
-    return ds.batch(batch_size).prefetch(AUTOTUNE)
+        cycle_length=min(num_files, 8), block_length=1,
+        num_parallel_calls=AUTOTUNE if parallel_reads else None,
+        deterministic=deterministic if parallel_reads else None,
+    )
