@@ -402,7 +402,7 @@ def bench_step(
     batch_size: int = typer.Option(32, help="Batch size (random data, nothing downloaded)."),
     steps: int = typer.Option(200, help="Timed steps per run."),
     repeats: int = typer.Option(3, help="Runs per variant; the median is reported."),
-    variants: str = typer.Option("eager,function,xla,mixed,fit,trainer",
+    variants: str = typer.Option("eager,function,xla,function_loop,xla_loop,mixed,fit,trainer",
                                  help="Comma-separated subset to run."),
     json_path: Path | None = typer.Option(None, "--json", help="Also write the report as JSON."),
 ) -> None:
