@@ -1,0 +1,41 @@
+"""Export: versioned SavedModels in TF Serving's layout, ``.keras`` and weights files.
+
+- :func:`export_saved_model`: ``BASE/<version>/`` with a named ``serving_default`` signature,
+  warmup requests and reference statistics, published atomically.
+- :func:`list_versions`, :func:`next_version`: the versions under a base path.
+- :func:`load_reference_stats`, :func:`read_warmup_requests`, :func:`read_signatures`: what an
+  exported version holds.
+- :func:`save_keras`, :func:`save_weights`, :func:`load_keras`: Keras files for continued
+  training (optimizer state included) and weights only.
+"""
+
+from tfprod.export.examples import Examples, collect_examples
+from tfprod.export.keras_files import load_keras, save_keras, save_weights
+from tfprod.export.publish import check_base, list_versions, next_version
+from tfprod.export.reference import REFERENCE_FILE, load_reference_stats, reference_stats
+from tfprod.export.savedmodel import ExportResult, build_archive, export_saved_model
+from tfprod.export.signature import ServingInputs, read_signatures, serving_inputs
+from tfprod.export.warmup import WARMUP_FILE, read_warmup_requests, write_warmup_requests
+
+__all__ = [
+    "REFERENCE_FILE",
+    "WARMUP_FILE",
+    "Examples",
+    "ExportResult",
+    "ServingInputs",
+    "build_archive",
+    "check_base",
+    "collect_examples",
+    "export_saved_model",
+    "list_versions",
+    "load_keras",
+    "load_reference_stats",
+    "next_version",
+    "read_signatures",
+    "read_warmup_requests",
+    "reference_stats",
+    "save_keras",
+    "save_weights",
+    "serving_inputs",
+    "write_warmup_requests",
+]
