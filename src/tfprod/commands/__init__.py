@@ -5,4 +5,4 @@ the shared helpers of ``tfprod.cli`` (``_tf``, ``_progress``, ``_table``, ``_wri
 ``console``). ``tfprod.cli`` registers every module named in ``MODULES``, in order.
 """
 
-MODULES: tuple[str, ...] = ("export", "optimize")
+MODULES: tuple[str, ...] = ("export", "serve", "optimize")

@@ -1,0 +1,124 @@
+"""`tfprod serve`: a drop-in for ``tensorflow_model_server``, with the same flag names.
+
+Flags are spelled as TF Serving spells them (``--rest_api_port=8501`` or ``--rest_api_port 8501``);
+boolean flags accept ``--enable_batching``, ``--enable_batching=true|false`` and absl's
+``--noenable_batching``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import typer
+from typer.core import TyperCommand
+
+BOOL_FLAGS = ("--enable_batching", "--enable_model_warmup")
+_TRUE, _FALSE = ("true", "1", "yes", "t", "y"), ("false", "0", "no", "f", "n")
+
+
+def normalize_bool_flags(args: list[str]) -> list[str]:
+    """Rewrite absl-style booleans (``--flag=false``, ``--flag true``) as ``--flag/--noflag``."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        name, eq, value = arg.partition("=")
+        if name in BOOL_FLAGS:
+            if not eq and i + 1 < len(args) and args[i + 1].lower() in _TRUE + _FALSE:
+                value, eq = args[i + 1], "="
+                i += 1
+            if eq and value.lower() not in _TRUE + _FALSE:
+                raise typer.BadParameter(f"{name}={value}; expected true or false")
+            arg = "--no" + name[2:] if eq and value.lower() in _FALSE else name
+        out.append(arg)
+        i += 1
+    return out
+
+
+class TfServingFlags(TyperCommand):
+    """A command whose boolean flags also take absl's ``=true`` / ``=false`` spellings."""
+
+    def parse_args(self, ctx, args):  # noqa: D102  (click's hook)
+        return super().parse_args(ctx, normalize_bool_flags(list(args)))
+
+
+def _log(message: str) -> None:
+    from tfprod.cli import err_console
+
+    stamp = datetime.now().strftime("%H:%M:%S")
+    err_console.print(f"[dim]{stamp}[/] {message}", highlight=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``tfprod serve`` to the root app."""
+
+    @app.command("serve", cls=TfServingFlags)
+    def serve(
+        port: int = typer.Option(8500, "--port", help="gRPC port."),
+        rest_api_port: int = typer.Option(8501, "--rest_api_port",
+                                          help="REST port; 0 turns REST off."),
+        model_name: str = typer.Option("default", "--model_name",
+                                       help="Model name (with --model_base_path)."),
+        model_base_path: str | None = typer.Option(
+            None, "--model_base_path", help="Folder of numbered SavedModel versions."),
+        model_config_file: str | None = typer.Option(
+            None, "--model_config_file", help="Text-protobuf ModelServerConfig (several models, "
+            "version policies, labels)."),
+        model_config_file_poll_wait_seconds: float = typer.Option(
+            0, "--model_config_file_poll_wait_seconds",
+            help="Re-read --model_config_file this often; 0: never."),
+        file_system_poll_wait_seconds: float = typer.Option(
+            1, "--file_system_poll_wait_seconds",
+            help="Look for new / deleted versions this often; 0: only at start."),
+        enable_batching: bool = typer.Option(
+            False, "--enable_batching/--noenable_batching", help="Dynamic batching."),
+        batching_parameters_file: str | None = typer.Option(
+            None, "--batching_parameters_file", help="Text-protobuf BatchingParameters."),
+        monitoring_config_file: str | None = typer.Option(
+            None, "--monitoring_config_file",
+            help='Text-protobuf MonitoringConfig: prometheus_config { enable: true path: "..." }.'),
+        rest_api_timeout_in_ms: int = typer.Option(
+            30000, "--rest_api_timeout_in_ms", help="REST request timeout; 0: none."),
+        enable_model_warmup: bool = typer.Option(
+            True, "--enable_model_warmup/--noenable_model_warmup",
+            help="Replay assets.extra/tf_serving_warmup_requests before serving a version."),
+        rest_api_host: str = typer.Option("0.0.0.0", "--rest_api_host",
+                                          help="Address the REST API listens on."),
+        grpc_host: str = typer.Option("0.0.0.0", "--grpc_host",
+                                      help="Address the gRPC API listens on."),
+        max_body_bytes: int = typer.Option(32 * 1024 * 1024, "--max_body_bytes",
+                                           help="Largest REST request body (413 beyond)."),
+        grpc_max_threads: int = typer.Option(0, "--grpc_max_threads",
+                                             help="gRPC handler threads; 0: 4 per CPU."),
+        tensorflow_intra_op_parallelism: int = typer.Option(
+            0, "--tensorflow_intra_op_parallelism", help="Threads inside one op; 0: TF's."),
+        tensorflow_inter_op_parallelism: int = typer.Option(
+            0, "--tensorflow_inter_op_parallelism", help="Ops run in parallel; 0: TF's."),
+    ) -> None:
+        """Serve SavedModels over TF Serving's REST and gRPC APIs (tensorflow_model_server flags).
+
+        Versions live in numbered folders under the base path; new ones are picked up while
+        serving and swapped in without failed requests. Readiness for load balancers:
+        GET /v1/ready on the REST port (200 once every model has an AVAILABLE version).
+
+        Example: [bold]tfprod serve --model_name=digits --model_base_path=/models/digits
+        --rest_api_port=8501 --enable_batching[/]
+        """
+        from tfprod.cli import _tf
+
+        _tf()
+        from tfprod.serve.server import ServerOptions, run
+
+        options = ServerOptions(
+            port=port, rest_api_port=rest_api_port, model_name=model_name,
+            model_base_path=model_base_path, model_config_file=model_config_file,
+            model_config_file_poll_wait_seconds=model_config_file_poll_wait_seconds,
+            file_system_poll_wait_seconds=file_system_poll_wait_seconds,
+            enable_batching=enable_batching, batching_parameters_file=batching_parameters_file,
+            monitoring_config_file=monitoring_config_file,
+            rest_api_timeout_in_ms=rest_api_timeout_in_ms,
+            enable_model_warmup=enable_model_warmup, rest_api_host=rest_api_host,
+            grpc_host=grpc_host, max_body_bytes=max_body_bytes, grpc_max_threads=grpc_max_threads,
+            tensorflow_intra_op_parallelism=tensorflow_intra_op_parallelism,
+            tensorflow_inter_op_parallelism=tensorflow_inter_op_parallelism)
+        raise typer.Exit(run(options, log=_log))

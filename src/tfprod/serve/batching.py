@@ -1,0 +1,294 @@
+"""Dynamic batching: concurrent requests merged into one model call, then split back.
+
+TF Serving's ``BasicBatchScheduler`` semantics, in numpy: requests for the same queue key (one
+servable + signature + input shapes) wait until ``max_batch_size`` instances are queued, or the
+oldest has waited ``batch_timeout_micros``, and a batch thread is free; the thread concatenates
+them along dim 0, pads the batch to the next ``allowed_batch_sizes`` entry (repeating the first
+row) and, with ``pad_variable_length_inputs``, pads dims 1+ to the largest in the batch (with
+each tensor's first element), runs the model once, and slices each request's rows back out.
+
+The queue is bounded: beyond ``max_enqueued_batches * max_batch_size`` pending instances a request
+fails at once with RESOURCE_EXHAUSTED. A request whose deadline passes while it waits fails with
+DEADLINE_EXCEEDED without running; a cancelled one is dropped. A request larger than
+``max_batch_size`` runs alone, unsplit.
+
+The batcher knows nothing of TensorFlow: it calls ``run(inputs) -> outputs`` on numpy dicts.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Future
+
+import numpy as np
+
+from tfprod.serve.config import BatchingParameters
+from tfprod.serve.errors import (
+    ServingError,
+    deadline_exceeded,
+    internal,
+    invalid_argument,
+    resource_exhausted,
+    unavailable,
+)
+from tfprod.serve.metrics import ServingMetrics
+
+Arrays = dict[str, np.ndarray]
+RunFn = Callable[[Arrays], Arrays]
+
+
+class _Task:
+    __slots__ = ("inputs", "size", "future", "deadline", "enqueued")
+
+    def __init__(self, inputs: Arrays, size: int, deadline: float | None):
+        self.inputs = inputs
+        self.size = size
+        self.future: Future = Future()
+        self.deadline = deadline
+        self.enqueued = time.monotonic()
+
+
+class _Queue:
+    __slots__ = ("key", "run", "mergeable", "tasks", "items")
+
+    def __init__(self, key: Hashable, run: RunFn, mergeable: bool):
+        self.key, self.run, self.mergeable = key, run, mergeable
+        self.tasks: deque[_Task] = deque()
+        self.items = 0
+
+
+def _pad_to(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``array`` grown to ``shape`` (dims 1+), the new cells filled with its first element."""
+    if array.shape[1:] == shape:
+        return array
+    fill = array.flat[0] if array.size else np.zeros((), array.dtype)[()]
+    out = np.full((array.shape[0], *shape), fill, dtype=array.dtype)
+    out[tuple(slice(0, n) for n in array.shape)] = array
+    return out
+
+
+def merge_inputs(parts: Sequence[Arrays], *, allowed_batch_sizes: Sequence[int] = (),
+                 pad_variable_length: bool = False) -> tuple[Arrays, int, int]:
+    """Concatenate requests along dim 0 and pad the batch.
+
+    Returns:
+        (merged inputs, real batch size, padded batch size).
+
+    Raises:
+        ServingError: INVALID_ARGUMENT when inputs differ in dims 1+ and padding is off.
+    """
+    sizes = [next(iter(p.values())).shape[0] for p in parts] if parts[0] else [0] * len(parts)
+    total = sum(sizes)
+    target = next((b for b in allowed_batch_sizes if b >= total), total)
+    merged: Arrays = {}
+    for name in parts[0]:
+        arrays = [p[name] for p in parts]
+        inner = {a.shape[1:] for a in arrays}
+        if len(inner) > 1:
+            if not pad_variable_length or len({len(s) for s in inner}) > 1:
+                raise invalid_argument(
+                    f"Tensors with name {name!r} from different requests have different shapes "
+                    "and padding is turned off; set pad_variable_length_inputs to true, or send "
+                    "equal dimensions after the first")
+            shape = tuple(max(dims) for dims in zip(*inner, strict=True))
+            arrays = [_pad_to(a, shape) for a in arrays]
+        if target > total:
+            arrays.append(np.repeat(arrays[0][:1], target - total, axis=0))
+        merged[name] = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+    return merged, total, target
+
+
+def split_outputs(outputs: Arrays, sizes: Sequence[int], padded: int) -> list[Arrays]:
+    """Slice each request's rows out of the batch outputs (views, no copies).
+
+    Raises:
+        ServingError: INTERNAL when an output has no batch dimension of size ``padded``.
+    """
+    for name, value in outputs.items():
+        if value.ndim == 0 or value.shape[0] != padded:
+            raise internal(f"output {name!r} has shape {list(value.shape)}; a batched signature "
+                           f"must return {padded} rows (its batch dimension first)")
+    results, start = [], 0
+    for size in sizes:
+        end = start + size
+        results.append({k: v[start:end] for k, v in outputs.items()})
+        start = end
+    return results
+
+
+class DynamicBatcher:
+    """A bounded queue per key and ``num_batch_threads`` threads that run merged batches.
+
+    Example::
+
+        batcher = DynamicBatcher(BatchingParameters(max_batch_size=64, batch_timeout_micros=500))
+        future = batcher.submit(("model", 1, "serving_default"), run_fn, {"x": x}, len(x))
+        outputs = future.result()
+        batcher.close()
+
+    Args:
+        params: the batching parameters (max batch size, timeout, threads, queue bound, padding).
+        metrics: where batch sizes, padding and queueing latency are recorded (None: nowhere).
+        name: the batch threads' name (and the ``thread_pool_name`` metric label).
+    """
+
+    def __init__(self, params: BatchingParameters, *, metrics: ServingMetrics | None = None,
+                 name: str = "model_server_batch_threads"):
+        self.params = params
+        self.metrics = metrics
+        self.name = name
+        self.batch_calls = 0
+        self._max = params.max_batch_size
+        self._timeout = params.batch_timeout_micros / 1e6
+        self._limit = params.max_pending
+        self._allowed = tuple(params.allowed_batch_sizes)
+        self._pad = params.pad_variable_length_inputs
+        self._cond = threading.Condition(threading.Lock())
+        self._queues: dict[Hashable, _Queue] = {}
+        self._pending = 0
+        self._idle = 0
+        self._closed = False
+        self._threads = [threading.Thread(target=self._worker, name=f"{name}_{i}", daemon=True)
+                         for i in range(params.num_batch_threads)]
+        for t in self._threads:
+            t.start()
+
+    @property
+    def pending(self) -> int:
+        """Instances waiting in the queues now."""
+        return self._pending
+
+    def submit(self, key: Hashable, run: RunFn, inputs: Arrays, size: int, *,
+               deadline: float | None = None, mergeable: bool = True) -> Future:
+        """Queue one request; its future resolves to its own rows of the outputs.
+
+        Args:
+            key: requests with equal keys may be merged (same model, signature, input shapes).
+            run: the model call for this key, on numpy inputs (first request's ``run`` is kept).
+            inputs: name -> array, batch dimension first, all of ``size`` rows.
+            size: the request's batch size.
+            deadline: ``time.monotonic()`` after which the request must not start.
+            mergeable: False runs this key's requests one at a time.
+
+        Raises:
+            ServingError: RESOURCE_EXHAUSTED when the queue is full, UNAVAILABLE after close().
+        """
+        task = _Task(inputs, size, deadline)
+        with self._cond:
+            if self._closed:
+                raise unavailable("The server is shutting down; the request was not queued")
+            if self._pending and self._pending + size > self._limit:
+                raise resource_exhausted(
+                    "The batch scheduling queue to which this task was submitted is full "
+                    f"({self._pending} instances pending, limit {self._limit} = "
+                    "max_enqueued_batches * max_batch_size); retry later")
+            q = self._queues.get(key)
+            if q is None:
+                q = self._queues[key] = _Queue(key, run, mergeable)
+            q.tasks.append(task)
+            q.items += size
+            self._pending += size
+            if self._idle and (len(q.tasks) == 1 or q.items >= self._max or not mergeable):
+                self._cond.notify()
+        return task.future
+
+    def close(self, timeout: float | None = None) -> None:
+        """Run what is queued, refuse new requests, and stop the batch threads."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join(timeout)
+
+    # ------------------------------------------------------------------------ batch threads
+
+    def _worker(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    batch, queue, expired, wait = self._take(time.monotonic())
+                    if batch or expired:
+                        break
+                    if self._closed and not self._queues:
+                        return
+                    self._idle += 1
+                    self._cond.wait(wait)
+                    self._idle -= 1
+            for t in expired:
+                waited = 1000 * (time.monotonic() - t.enqueued)
+                t.future.set_exception(deadline_exceeded(
+                    f"Deadline exceeded: the request waited {waited:.0f} ms in the batching queue "
+                    "and was not run"))
+            if batch:
+                self._run(queue, batch)
+
+    def _take(self, now: float) -> tuple[list[_Task], _Queue | None, list[_Task], float | None]:
+        """Under the lock: the oldest ready queue's next batch, expired tasks, and how long to
+        wait when nothing is ready (None: until notified)."""
+        best: _Queue | None = None
+        wake: float | None = None
+        for q in self._queues.values():
+            head = q.tasks[0].enqueued
+            if (not q.mergeable or q.items >= self._max or self._closed
+                    or now - head >= self._timeout):
+                if best is None or head < best.tasks[0].enqueued:
+                    best = q
+            else:
+                due = head + self._timeout - now
+                wake = due if wake is None else min(wake, due)
+        if best is None:
+            return [], None, [], wake
+        batch: list[_Task] = []
+        expired: list[_Task] = []
+        n = 0
+        tasks = best.tasks
+        while tasks:
+            t = tasks[0]
+            if batch and (not best.mergeable or n + t.size > self._max):
+                break
+            tasks.popleft()
+            best.items -= t.size
+            self._pending -= t.size
+            if not t.future.set_running_or_notify_cancel():
+                continue  # cancelled by its caller: dropped
+            if t.deadline is not None and now > t.deadline:
+                expired.append(t)
+            else:
+                batch.append(t)
+                n += t.size
+        if not tasks:
+            del self._queues[best.key]
+        if not batch and not expired:  # all of it was cancelled: look at the other queues
+            return self._take(now)
+        return batch, best, expired, None
+
+    def _run(self, queue: _Queue, batch: list[_Task]) -> None:
+        start = time.monotonic()
+        run = queue.run
+        try:
+            if len(batch) == 1 and (not self._allowed or not queue.mergeable):
+                merged, total, target = batch[0].inputs, batch[0].size, batch[0].size
+            else:
+                merged, total, target = merge_inputs(
+                    [t.inputs for t in batch], allowed_batch_sizes=self._allowed,
+                    pad_variable_length=self._pad)
+            self.batch_calls += 1
+            outputs = run(merged)
+            if len(batch) == 1 and target == total:
+                results = [outputs]
+            else:
+                results = split_outputs(outputs, [t.size for t in batch], target)
+        except Exception as e:  # every failure goes to the requests, never kills the thread
+            error = e if isinstance(e, ServingError) else internal(
+                f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}")
+            for t in batch:
+                t.future.set_exception(error)
+            return
+        for t, r in zip(batch, results, strict=True):
+            t.future.set_result(r)
+        if self.metrics is not None:
+            self.metrics.record_batch([start - t.enqueued for t in batch],
+                                      [t.size for t in batch], total, target, pool=self.name)

@@ -1,0 +1,249 @@
+"""Prometheus metrics with TF Serving's names, plus the process metrics of prometheus-client.
+
+TF Serving exports its TensorFlow monitoring cells through Prometheus with ``/`` turned into
+``:`` (``/tensorflow/serving/request_count`` -> ``:tensorflow:serving:request_count``);
+latencies are in microseconds, as there. Counters keep TF Serving's exposition too: no
+``_total`` suffix. Each :class:`ServingMetrics` owns its own ``CollectorRegistry`` (never the
+global default one), so several servers, or tests, live side by side in one process.
+
+Front ends record each request with :meth:`ServingMetrics.record_request` on
+``registry.metrics``, or with the module-level :func:`record_request`, which records into the
+process's current instance (:func:`current`, the one the running server uses).
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+REQUEST_COUNT = ":tensorflow:serving:request_count"
+REQUEST_LATENCY = ":tensorflow:serving:request_latency"
+RUNTIME_LATENCY = ":tensorflow:serving:runtime_latency"
+QUEUING_LATENCY = ":tensorflow:serving:batching_session:queuing_latency"
+WRAPPED_RUN_COUNT = ":tensorflow:serving:batching_session:wrapped_run_count"
+INPUT_BATCH_SIZE = ":tensorflow:serving:batching_session:input_batch_size"
+PROCESSED_BATCH_SIZE = ":tensorflow:serving:batching_session:processed_batch_size"
+PADDING_SIZE = ":tensorflow:serving:batching_session:padding_size"
+LOAD_ATTEMPT_COUNT = ":tensorflow:cc:saved_model:load_attempt_count"
+MODEL_VERSION_STATE = ":tfprod:serving:model_version_state"
+STATES = ("START", "LOADING", "AVAILABLE", "UNLOADING", "END")
+
+
+def _exponential(scale: float, growth: float, count: int) -> tuple[float, ...]:
+    # tensorflow::monitoring::Buckets::Exponential(scale, growth, count)
+    return tuple(scale * growth ** i for i in range(count))
+
+
+_LATENCY_BUCKETS = _exponential(10, 1.8, 33)          # 10 us .. ~20 minutes, as TF Serving
+_QUEUE_BUCKETS = _exponential(100, 1.2, 52)           # 100 us .. ~1 s, as TF Serving
+_SIZE_BUCKETS = _exponential(1, 2, 15)                # 1 .. 16384 instances
+
+
+class _Family:
+    """One metric family: values per label tuple, guarded by one lock."""
+
+    def __init__(self, name: str, doc: str, kind: str, labels: Sequence[str] = (),
+                 buckets: Sequence[float] = ()):
+        self.name, self.doc, self.kind, self.labels = name, doc, kind, tuple(labels)
+        self.buckets = tuple(buckets)
+        self._lock = threading.Lock()
+        self._values: dict[tuple[str, ...], list[float]] = {}
+
+    def inc(self, key: tuple[str, ...], amount: float = 1.0) -> None:
+        with self._lock:
+            cell = self._values.get(key)
+            if cell is None:
+                self._values[key] = [amount]
+            else:
+                cell[0] += amount
+
+    def set(self, key: tuple[str, ...], value: float) -> None:
+        with self._lock:
+            self._values[key] = [value]
+
+    def remove(self, key: tuple[str, ...]) -> None:
+        with self._lock:
+            self._values.pop(key, None)
+
+    def observe(self, key: tuple[str, ...], value: float) -> None:
+        i = bisect.bisect_left(self.buckets, value)
+        with self._lock:
+            cell = self._values.get(key)
+            if cell is None:
+                cell = self._values[key] = [0.0] * (len(self.buckets) + 3)
+            cell[i] += 1          # per-bucket counts; [-2] = sum, [-1] = count
+            cell[-2] += value
+            cell[-1] += 1
+
+    def get(self, key: tuple[str, ...]) -> list[float] | None:
+        """A copy of one cell's values (tests and reports)."""
+        with self._lock:
+            cell = self._values.get(key)
+            return list(cell) if cell is not None else None
+
+    def metric(self) -> Metric:
+        with self._lock:
+            cells = {k: list(v) for k, v in self._values.items()}
+        kind = {"counter": "counter", "gauge": "gauge", "histogram": "histogram"}[self.kind]
+        m = Metric(self.name, self.doc, kind)
+        for key, cell in sorted(cells.items()):
+            labels = dict(zip(self.labels, key, strict=True))
+            if self.kind != "histogram":
+                m.add_sample(self.name, labels, cell[0])
+                continue
+            running = 0.0
+            for bound, n in zip(self.buckets, cell, strict=False):
+                running += n
+                m.add_sample(self.name + "_bucket", {**labels, "le": _le(bound)}, running)
+            m.add_sample(self.name + "_bucket", {**labels, "le": "+Inf"}, cell[-1])
+            m.add_sample(self.name + "_sum", labels, cell[-2])
+            m.add_sample(self.name + "_count", labels, cell[-1])
+        return m
+
+
+def _le(bound: float) -> str:
+    return repr(float(round(bound, 6)))
+
+
+class ServingMetrics(Collector):
+    """The server's metrics, in their own prometheus-client ``CollectorRegistry``.
+
+    Example::
+
+        metrics = ServingMetrics()
+        metrics.record_request("digits", "predict", "REST", "OK", 0.004)
+        body = metrics.exposition()     # Prometheus text format, CONTENT_TYPE
+    """
+
+    def __init__(self, *, process_metrics: bool = True) -> None:
+        self.request_count = _Family(REQUEST_COUNT, "The total number of requests.", "counter",
+                                     ("model_name", "status"))
+        self.request_latency = _Family(
+            REQUEST_LATENCY, "Distribution of wall time (in microseconds) for Tensorflow Serving "
+            "request.", "histogram", ("model_name", "API", "entrypoint"), _LATENCY_BUCKETS)
+        self.runtime_latency = _Family(
+            RUNTIME_LATENCY, "Distribution of wall time (in microseconds) for Tensorflow "
+            "runtime.", "histogram", ("model_name", "API", "runtime"), _LATENCY_BUCKETS)
+        self.queuing_latency = _Family(
+            QUEUING_LATENCY, "Distribution of wall time spent (in microseconds) in queuing",
+            "histogram", ("thread_pool_name",), _QUEUE_BUCKETS)
+        self.wrapped_run_count = _Family(
+            WRAPPED_RUN_COUNT, "Total count of run calls on the wrapped session", "counter")
+        self.input_batch_size = _Family(
+            INPUT_BATCH_SIZE, "Tracks the batch size distribution on the inputs.", "histogram",
+            (), _SIZE_BUCKETS)
+        self.processed_batch_size = _Family(
+            PROCESSED_BATCH_SIZE, "Tracks the batch size distribution on processing.",
+            "histogram", (), _SIZE_BUCKETS)
+        self.padding_size = _Family(
+            PADDING_SIZE, "Tracks the padding size distribution on batches.", "histogram",
+            ("execution_batch_size",), _SIZE_BUCKETS)
+        self.load_attempt_count = _Family(
+            LOAD_ATTEMPT_COUNT, "The number of times a SavedModel was successfully loaded.",
+            "counter", ("model_path", "status"))
+        self.version_state = _Family(
+            MODEL_VERSION_STATE, "1 for the state each model version is in (START, LOADING, "
+            "AVAILABLE, UNLOADING, END).", "gauge", ("model_name", "version", "state"))
+        self._families = [v for v in vars(self).values() if isinstance(v, _Family)]
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+        if process_metrics:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
+
+    # ------------------------------------------------------------------------ recording
+
+    def record_request(self, model: str, api: str, entrypoint: str, status: str,
+                       latency_s: float) -> None:
+        """Count one request and its latency (``api`` e.g. "predict", ``entrypoint`` "REST" or
+        "GRPC", ``status`` "OK" or a canonical code name such as "INVALID_ARGUMENT")."""
+        self.request_count.inc((model, status))
+        self.request_latency.observe((model, api, entrypoint), latency_s * 1e6)
+
+    def record_runtime(self, model: str, api: str, latency_s: float) -> None:
+        """The time one call of the model took (per batch when batching)."""
+        self.runtime_latency.observe((model, api, "TF2"), latency_s * 1e6)
+
+    def record_batch(self, queue_waits_s: Iterable[float], input_sizes: Iterable[int],
+                     batch_size: int, padded_size: int, *, pool: str = "batch_threads") -> None:
+        """One batch: each request's wait in the queue and size, the merged and padded sizes."""
+        for wait in queue_waits_s:
+            self.queuing_latency.observe((pool,), wait * 1e6)
+        for size in input_sizes:
+            self.input_batch_size.observe((), size)
+        self.processed_batch_size.observe((), padded_size)
+        self.padding_size.observe((str(padded_size),), padded_size - batch_size)
+        self.wrapped_run_count.inc(())
+
+    def record_load(self, path: str, ok: bool) -> None:
+        """One attempt to load a SavedModel."""
+        self.load_attempt_count.inc((path, "success" if ok else "fail"))
+
+    def set_version_state(self, model: str, version: int, state: str | None) -> None:
+        """The state a version is in now (None forgets the version)."""
+        for s in STATES:
+            self.version_state.remove((model, str(version), s))
+        if state is not None:
+            self.version_state.set((model, str(version), state), 1.0)
+
+    # ------------------------------------------------------------------------ exposition
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._families:
+            yield family.metric()
+
+    def exposition(self) -> bytes:
+        """All metrics in the Prometheus text format (serve with :data:`CONTENT_TYPE`)."""
+        body = generate_latest(self.registry)
+        # prometheus-client names a counter family "<name>_total"; TF Serving does not.
+        for family in self._families:
+            if family.kind == "counter":
+                n = family.name.encode()
+                body = body.replace(b"# HELP " + n + b"_total ", b"# HELP " + n + b" ")
+                body = body.replace(b"# TYPE " + n + b"_total ", b"# TYPE " + n + b" ")
+        return body
+
+
+_current: ServingMetrics | None = None
+_current_lock = threading.Lock()
+
+
+def current() -> ServingMetrics:
+    """The process's current metrics (created on first use; the server sets its own)."""
+    global _current
+    with _current_lock:
+        if _current is None:
+            _current = ServingMetrics()
+        return _current
+
+
+def set_current(metrics: ServingMetrics) -> None:
+    """Make ``metrics`` the target of the module-level functions."""
+    global _current
+    with _current_lock:
+        _current = metrics
+
+
+def record_request(model: str, api: str, entrypoint: str, status: str, latency_s: float) -> None:
+    """:meth:`ServingMetrics.record_request` on :func:`current`."""
+    current().record_request(model, api, entrypoint, status, latency_s)
+
+
+def exposition() -> bytes:
+    """:meth:`ServingMetrics.exposition` of :func:`current`."""
+    return current().exposition()

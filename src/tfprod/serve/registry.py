@@ -1,0 +1,564 @@
+"""The model registry: which versions of which models are loaded, and routing requests to them.
+
+Each configured model (:class:`~tfprod.serve.config.ModelSpec`) has a base folder whose numbered
+sub-folders are its versions (hidden and non-numeric entries are ignored, so an exporter can
+publish atomically: write ``.tmp-3/``, then rename it to ``3/``). The version policy picks the
+versions to serve (``latest n``, ``all``, ``specific``); the registry polls the folder and:
+
+- loads a new version, replays its warmup requests, and only then routes traffic to it;
+- then unloads the versions the policy no longer wants: they leave routing at once, finish their
+  in-flight requests, and are dropped (their memory is freed);
+- keeps serving the previous version when a new one fails to load, reporting the failure as
+  state END with its error;
+- unloads versions whose folders were deleted once a wanted version is available.
+
+States and status follow TF Serving's ``ModelVersionStatus`` (START, LOADING, AVAILABLE,
+UNLOADING, END).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import tensorflow as tf
+
+from tfprod.serve.batching import DynamicBatcher
+from tfprod.serve.config import NAME_PATTERN, BatchingParameters, ModelSpec
+from tfprod.serve.errors import (
+    ServingError,
+    failed_precondition,
+    invalid_argument,
+    not_found,
+    unavailable,
+)
+from tfprod.serve.metrics import ServingMetrics, current
+from tfprod.serve.servable import (
+    CLASSIFY,
+    PREDICT,
+    REGRESS,
+    Servable,
+    SignatureInfo,
+    TensorInfo,
+    serving_error,
+)
+
+__all__ = ["CLASSIFY", "PREDICT", "REGRESS", "ModelRegistry", "Servable", "ServingEvent",
+           "SignatureInfo", "TensorInfo", "VersionStatus"]
+
+START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
+_KEEP_ENDED = 8  # ended versions whose status is still reported, per model
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    """One version's state, as TF Serving's ``ModelVersionStatus`` reports it.
+
+    Attributes:
+        version: the version number.
+        state: START, LOADING, AVAILABLE, UNLOADING or END.
+        error_code: "OK" or the canonical code name, e.g. "UNKNOWN", "DATA_LOSS".
+        error_message: "" when OK.
+    """
+
+    version: int
+    state: str
+    error_code: str = "OK"
+    error_message: str = ""
+
+
+@dataclass(frozen=True)
+class ServingEvent:
+    """A version changed state (what the server logs, one line each)."""
+
+    model: str
+    version: int
+    state: str
+    message: str = ""
+    seconds: float = 0.0
+
+
+class _Slot:
+    """One version's lifecycle inside the registry."""
+
+    __slots__ = ("version", "path", "state", "error", "servable", "stamp", "ended")
+
+    def __init__(self, version: int, path: str):
+        self.version, self.path = version, path
+        self.state = START
+        self.error: ServingError | None = None
+        self.servable: Servable | None = None
+        self.stamp: Any = None
+        self.ended = 0.0
+
+    def status(self) -> VersionStatus:
+        if self.error is None:
+            return VersionStatus(self.version, self.state)
+        return VersionStatus(self.version, self.state, self.error.code.name, self.error.message)
+
+
+class _Model:
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+        self.slots: dict[int, _Slot] = {}
+        self.listing_error: str | None = None
+
+
+@dataclass(frozen=True)
+class _Route:
+    latest: Servable | None
+    versions: dict[int, Servable]
+    labels: dict[str, int]
+
+
+def _check(kind: str, value: str) -> None:
+    if not NAME_PATTERN.fullmatch(value or "") or value in (".", ".."):
+        raise invalid_argument(f"{kind} {value!r} is not valid; expected letters, digits, '_', "
+                               "'.' or '-'")
+
+
+def list_versions(base_path: str) -> dict[int, str]:
+    """Version number -> folder, for the numbered, non-hidden sub-folders of ``base_path``.
+
+    Raises:
+        OSError / tf.errors.OpError: when ``base_path`` cannot be listed.
+    """
+    found: dict[int, str] = {}
+    if "://" in base_path:
+        names = [n.rstrip("/") for n in tf.io.gfile.listdir(base_path)]
+        entries = [(n, tf.io.gfile.isdir(os.path.join(base_path, n))) for n in names]
+    else:
+        with os.scandir(base_path) as it:
+            entries = [(e.name, e.is_dir()) for e in it]
+    for name, is_dir in entries:
+        if is_dir and name.isdigit() and name.isascii():
+            found.setdefault(int(name), os.path.join(base_path, name))
+    return found
+
+
+def _stamp(path: str) -> Any:
+    """Changes when a version folder is rewritten (so a failed version is retried then)."""
+    stamp = []
+    for p in (path, os.path.join(path, "saved_model.pb"),
+              os.path.join(path, "variables", "variables.index")):
+        try:
+            if "://" in p:
+                stamp.append(tf.io.gfile.stat(p).mtime_nsec)
+            else:
+                st = os.stat(p)
+                stamp.append((st.st_ino, st.st_mtime_ns, st.st_size))
+        except (OSError, tf.errors.OpError):
+            stamp.append(None)
+    return tuple(stamp)
+
+
+def _wanted(policy: tuple, on_disk: dict[int, str]) -> set[int]:
+    if policy[0] == "all":
+        return set(on_disk)
+    if policy[0] == "specific":
+        return set(policy[1]) & set(on_disk)
+    return set(sorted(on_disk, reverse=True)[: int(policy[1])])
+
+
+class ModelRegistry:
+    """Loads, routes to, swaps and unloads model versions.
+
+    Example::
+
+        registry = ModelRegistry([ModelSpec("digits", "/models/digits")]).start()
+        with registry.acquire("digits") as servable:
+            outputs = servable.predict(None, {"image": images})
+        registry.close()
+
+    Args:
+        specs: the models to serve.
+        batching: dynamic batching parameters; None runs each request as its own call.
+        enable_warmup: replay ``assets.extra/tf_serving_warmup_requests`` before a version
+            takes traffic (without that file: one call on zeros per signature whose inputs
+            are numeric with known shapes).
+        poll_wait_seconds: how often base folders are polled for new / deleted versions
+            (``--file_system_poll_wait_seconds``); 0 or less: only at start and on reload.
+        metrics: where metrics go (default: :func:`tfprod.serve.metrics.current`).
+        on_event: called with a :class:`ServingEvent` on every state change.
+        unload_grace_s: how long a version that left routing keeps accepting requests from
+            callers that looked it up just before (``acquire`` holds it regardless).
+        num_request_threads: threads running unbatched requests (default: CPU count).
+    """
+
+    def __init__(self, specs: Sequence[ModelSpec] = (), *,
+                 batching: BatchingParameters | None = None, enable_warmup: bool = True,
+                 poll_wait_seconds: float = 1.0, metrics: ServingMetrics | None = None,
+                 on_event: Callable[[ServingEvent], None] | None = None,
+                 unload_grace_s: float = 0.5, num_request_threads: int | None = None):
+        self.metrics = metrics if metrics is not None else current()
+        self.batching = batching
+        self.enable_warmup = enable_warmup
+        self.poll_wait_seconds = poll_wait_seconds
+        self.unload_grace_s = unload_grace_s
+        self.draining = False
+        self._on_event = on_event
+        if batching is not None:
+            self._executor = DynamicBatcher(batching, metrics=self.metrics)
+        else:
+            threads = num_request_threads or os.cpu_count() or 1
+            self._executor = DynamicBatcher(
+                BatchingParameters(max_batch_size=1, num_batch_threads=threads,
+                                   max_enqueued_batches=4096),
+                name="model_server_request_threads")
+        self._models: dict[str, _Model] = {}
+        self._routes: dict[str, _Route] = {}
+        self._lock = threading.RLock()
+        self._sync_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+        self._unloaders: list[threading.Thread] = []
+        self._set_specs(specs)
+
+    # ------------------------------------------------------------------------ lifecycle
+
+    def start(self) -> ModelRegistry:
+        """Load what every model's policy wants now (blocking), then start polling."""
+        self.poll_once()
+        if self.poll_wait_seconds > 0 and self._poller is None:
+            self._poller = threading.Thread(target=self._poll_loop, name="model_poller",
+                                            daemon=True)
+            self._poller.start()
+        return self
+
+    def __enter__(self) -> ModelRegistry:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Stop polling, let in-flight requests finish, unload every version."""
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join(timeout)
+        with self._sync_lock:
+            with self._lock:
+                slots = [(m, s) for m in self._models.values() for s in m.slots.values()
+                         if s.state == AVAILABLE]
+                self._routes = {}
+            for model, slot in slots:
+                self._unload(model, slot, wait=False, grace=0.0)
+        self.wait_unloaded(timeout)
+        self._executor.close(timeout)
+
+    def wait_unloaded(self, timeout: float | None = None) -> bool:
+        """Wait until every unload in progress has finished; False if ``timeout`` passed."""
+        end = None if timeout is None else time.monotonic() + timeout
+        for t in list(self._unloaders):
+            t.join(None if end is None else max(0.0, end - time.monotonic()))
+        return not any(t.is_alive() for t in self._unloaders)
+
+    def ready(self) -> bool:
+        """True when every configured model has at least one AVAILABLE version (and the server is
+        not draining for shutdown): the readiness answer for load balancers."""
+        if self.draining:
+            return False
+        routes = self._routes
+        with self._lock:
+            names = list(self._models)
+        return all(routes.get(n) is not None and routes[n].latest is not None for n in names)
+
+    def model_names(self) -> list[str]:
+        """The configured model names, sorted."""
+        with self._lock:
+            return sorted(self._models)
+
+    def specs(self) -> list[ModelSpec]:
+        """The current model specs."""
+        with self._lock:
+            return [m.spec for m in self._models.values()]
+
+    # ------------------------------------------------------------------------ routing
+
+    def get(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
+        """The servable for a request: a version, a label's version, or the latest AVAILABLE.
+
+        Raises:
+            ServingError: INVALID_ARGUMENT (bad name/label, or both version and label),
+                NOT_FOUND (unknown model, version not available, unknown label),
+                UNAVAILABLE (the label names a version that is not available).
+        """
+        route = self._routes.get(name)
+        if route is None:
+            _check("model name", name)
+        if version is not None and label is not None:
+            raise invalid_argument("give a version or a version label, not both")
+        if label is not None:
+            _check("version label", label)
+            if route is None:
+                raise not_found(f"Servable not found for request: Latest({name})")
+            target = route.labels.get(label)
+            if target is None:
+                raise not_found(f"Unrecognized servable version label: {label} (model {name})")
+            servable = route.versions.get(target)
+            if servable is None:
+                raise unavailable(f"Servable not found for request: Specific({name}, {target}): "
+                                  f"label {label!r} names a version that is not available")
+            return servable
+        if version is not None:
+            servable = route.versions.get(int(version)) if route is not None else None
+            if servable is None:
+                raise not_found(f"Servable not found for request: Specific({name}, {version})")
+            return servable
+        if route is None or route.latest is None:
+            raise not_found(f"Servable not found for request: Latest({name})")
+        return route.latest
+
+    @contextmanager
+    def acquire(self, name: str, version: int | None = None,
+                label: str | None = None) -> Iterator[Servable]:
+        """Like :meth:`get`, and holds the version for the whole request: an unload waits for
+        it. Use it around everything a request does with the servable."""
+        for _ in range(3):
+            servable = self.get(name, version, label)
+            if servable.hold():
+                break
+        else:
+            raise unavailable(f"Model {name} is being reloaded; retry the request")
+        try:
+            yield servable
+        finally:
+            servable.release()
+
+    def status(self, name: str, version: int | None = None,
+               label: str | None = None) -> list[VersionStatus]:
+        """TF Serving's model_version_status: one entry per known version, newest first.
+
+        Raises:
+            ServingError: INVALID_ARGUMENT for a bad name, NOT_FOUND for an unknown model,
+                version or label.
+        """
+        _check("model name", name)
+        with self._lock:
+            model = self._models.get(name)
+            if model is None or not model.slots:
+                raise not_found(f"Could not find any versions of model {name}")
+            if label is not None:
+                _check("version label", label)
+                if label not in model.spec.labels:
+                    raise not_found(f"Unrecognized servable version label: {label} "
+                                    f"(model {name})")
+                version = model.spec.labels[label]
+            if version is not None:
+                slot = model.slots.get(int(version))
+                if slot is None:
+                    raise not_found(f"Could not find version {version} of model {name}")
+                return [slot.status()]
+            return [s.status() for _, s in sorted(model.slots.items(), reverse=True)]
+
+    def labels(self, name: str) -> dict[str, int]:
+        """The model's version labels (label -> version)."""
+        route = self._routes.get(name)
+        return dict(route.labels) if route is not None else {}
+
+    # ------------------------------------------------------------------------ configuration
+
+    def reload_config(self, specs: Sequence[ModelSpec]) -> None:
+        """Serve exactly ``specs`` (HandleReloadConfigRequest): new models load, removed ones
+        unload, changed policies and labels apply. Blocks until the wanted versions loaded.
+
+        Raises:
+            ServingError: FAILED_PRECONDITION when a label names a version that is not available
+                after loading (the rest of the config is applied).
+        """
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise invalid_argument(f"model names must be unique; got {names}")
+        with self._sync_lock:
+            self._set_specs(specs)
+            self._sync_all()
+        problems = []
+        for spec in specs:
+            route = self._routes.get(spec.name)
+            for label, v in spec.labels.items():
+                if route is None or v not in route.versions:
+                    problems.append(f"label {label!r} of model {spec.name!r} -> version {v}")
+        if problems:
+            raise failed_precondition("Version labels name versions that are not available: "
+                                      + "; ".join(problems))
+
+    def _set_specs(self, specs: Sequence[ModelSpec]) -> None:
+        with self._lock:
+            wanted = {s.name: s for s in specs}
+            for name in list(self._models):
+                if name not in wanted:
+                    model = self._models.pop(name)
+                    for slot in model.slots.values():
+                        if slot.state == AVAILABLE:
+                            self._unload(model, slot, wait=False)
+            for name, spec in wanted.items():
+                if name in self._models:
+                    self._models[name].spec = spec
+                else:
+                    self._models[name] = _Model(spec)
+            self._publish()
+
+    # ------------------------------------------------------------------------ polling
+
+    def poll_once(self) -> None:
+        """One poll of every model's folder: load wanted versions, unload unwanted ones."""
+        with self._sync_lock:
+            self._sync_all()
+
+    def _poll_loop(self) -> None:
+        while not self._stop.wait(self.poll_wait_seconds):
+            try:
+                self.poll_once()
+            except Exception as e:  # a poll must never kill the poller
+                self._emit(ServingEvent("*", 0, "POLL_ERROR", f"{type(e).__name__}: {e}"))
+
+    def _sync_all(self) -> None:
+        with self._lock:
+            models = list(self._models.values())
+        for model in models:
+            if not self._stop.is_set():
+                self._sync(model)
+
+    def _sync(self, model: _Model) -> None:
+        spec = model.spec
+        try:
+            on_disk = list_versions(spec.base_path)
+            model.listing_error = None
+        except (OSError, tf.errors.OpError) as e:
+            message = f"cannot list {spec.base_path}: {getattr(e, 'strerror', None) or e}"
+            if model.listing_error != message:
+                model.listing_error = message
+                self._emit(ServingEvent(spec.name, 0, "NO_VERSIONS", message))
+            return
+        stamps: dict[int, Any] = {}
+
+        def failed(v: int) -> bool:  # failed before and unchanged on disk: not retried
+            slot = model.slots.get(v)
+            if slot is None or slot.error is None:
+                return False
+            if v not in stamps:
+                stamps[v] = _stamp(on_disk[v])
+            return slot.stamp == stamps[v]
+
+        # Versions that failed are left out of the policy, so "latest 1" with a corrupt newest
+        # version serves the one before it; loop until every wanted version was tried.
+        while True:
+            wanted = _wanted(spec.policy, {v: p for v, p in on_disk.items() if not failed(v)})
+            todo = [v for v in sorted(wanted, reverse=True)
+                    if v not in model.slots or model.slots[v].state == END]
+            if not todo or model.spec is not spec or self._stop.is_set():
+                break
+            for v in todo:
+                self._load(model, v, on_disk[v], stamps.pop(v, None) or _stamp(on_disk[v]))
+        with self._lock:
+            ready = any(model.slots[v].state == AVAILABLE for v in wanted if v in model.slots)
+            stale = [s for v, s in model.slots.items()
+                     if s.state == AVAILABLE and v not in wanted and (ready or not wanted)]
+        for slot in stale:
+            self._unload(model, slot, wait=False)
+        self._prune(model)
+
+    # ------------------------------------------------------------------------ load / unload
+
+    def _load(self, model: _Model, version: int, path: str, stamp: Any) -> None:
+        name = model.spec.name
+        slot = _Slot(version, path)
+        slot.stamp = stamp
+        with self._lock:
+            model.slots[version] = slot
+        self._state(model, slot, START)
+        self._state(model, slot, LOADING)
+        started = time.monotonic()
+        try:
+            servable = Servable(name, version, path, executor=self._executor,
+                                batching=self.batching is not None, metrics=self.metrics)
+            if self.enable_warmup:
+                servable.warmup()
+        except Exception as e:
+            self.metrics.record_load(path, False)
+            error = serving_error(e)
+            if error.code == grpc.StatusCode.INTERNAL:
+                error = ServingError(grpc.StatusCode.UNKNOWN, error.message)
+            slot.error = ServingError(error.code, f"Failed to load version {version} of model "
+                                                  f"{name} from {path}: {error.message}")
+            slot.ended = time.monotonic()
+            self._state(model, slot, END, slot.error.message, time.monotonic() - started)
+            return
+        self.metrics.record_load(path, True)
+        slot.servable = servable
+        warm = f", {servable.warmup_records} warmup requests" if servable.warmup_records else ""
+        self._state(model, slot, AVAILABLE, f"loaded from {path}{warm}",
+                    time.monotonic() - started)
+
+    def _unload(self, model: _Model, slot: _Slot, *, wait: bool,
+                grace: float | None = None) -> None:
+        servable = slot.servable
+        self._state(model, slot, UNLOADING)  # leaves routing now
+        grace = self.unload_grace_s if grace is None else grace
+
+        def finish() -> None:
+            started = time.monotonic()
+            if grace > 0:
+                time.sleep(grace)
+            if servable is not None:
+                servable.close()
+            slot.servable = None
+            slot.ended = time.monotonic()
+            gc.collect()
+            self._state(model, slot, END, "unloaded", time.monotonic() - started)
+
+        if wait:
+            finish()
+            return
+        t = threading.Thread(target=finish, name=f"unload_{model.spec.name}_{slot.version}",
+                             daemon=True)
+        self._unloaders = [u for u in self._unloaders if u.is_alive()] + [t]
+        t.start()
+
+    def _prune(self, model: _Model) -> None:
+        with self._lock:
+            ended = sorted((s for s in model.slots.values() if s.state == END and s.error is None),
+                           key=lambda s: s.ended)
+            for slot in ended[:-_KEEP_ENDED] if len(ended) > _KEEP_ENDED else []:
+                del model.slots[slot.version]
+                self.metrics.set_version_state(model.spec.name, slot.version, None)
+
+    # ------------------------------------------------------------------------ state
+
+    def _state(self, model: _Model, slot: _Slot, state: str, message: str = "",
+               seconds: float = 0.0) -> None:
+        with self._lock:
+            slot.state = state
+            self._publish()
+        self.metrics.set_version_state(model.spec.name, slot.version, state)
+        self._emit(ServingEvent(model.spec.name, slot.version, state, message, seconds))
+
+    def _publish(self) -> None:
+        """Rebuild the routing table (readers see the old or the new one, never a mix)."""
+        routes: dict[str, _Route] = {}
+        for name, model in self._models.items():
+            versions = {v: s.servable for v, s in model.slots.items()
+                        if s.state == AVAILABLE and s.servable is not None}
+            latest = versions[max(versions)] if versions else None
+            routes[name] = _Route(latest, versions, dict(model.spec.labels))
+        self._routes = routes
+
+    def _emit(self, event: ServingEvent) -> None:
+        if self._on_event is not None:
+            with contextlib.suppress(Exception):  # a logging hook must not break loading
+                self._on_event(event)
+
+    # ------------------------------------------------------------------------ introspection
+
+    @property
+    def batcher(self) -> DynamicBatcher:
+        """The batcher (or the per-request executor when batching is off)."""
+        return self._executor
