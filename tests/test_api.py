@@ -6,7 +6,8 @@ import pytest
 
 
 @pytest.mark.parametrize("module", ["tfprod", "tfprod.data", "tfprod.models", "tfprod.train",
-                                    "tfprod.doctor"])
+                                    "tfprod.doctor", "tfprod.export", "tfprod.optimize",
+                                    "tfprod.serve"])
 def test_all_names_exist(module):
     mod = importlib.import_module(module)
     assert mod.__all__, f"{module} publishes nothing"
@@ -20,3 +21,14 @@ def test_data_surface_has_the_pipeline_entry_points():
     for name in ("write_tfrecords", "read_tfrecords", "image_folder", "inspect_dataset",
                  "inspect_path", "write_sample"):
         assert name in d.__all__
+
+
+def test_serve_and_optimize_packages_load_names_lazily():
+    import subprocess
+    import sys
+
+    code = ("import sys, tfprod.serve, tfprod.optimize; "
+            "from tfprod.serve import RestClient; "
+            "print('tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -91,8 +91,24 @@ def test_quickstart_end_to_end(tmp_path):
     result = json.loads((tmp_path / "qs.json").read_text())
     assert result["test_accuracy"] > 0.85
     assert [s["stage"] for s in result["stages"]] == [
-        "sample data", "pipeline", "inspect", "doctor", "train", "save + evaluate"]
+        "sample data", "pipeline", "inspect", "doctor", "train", "save + evaluate", "export",
+        "optimize", "serve"]
     assert (tmp_path / "qs" / "model.keras").exists()
+    version = tmp_path / "qs" / "models" / "digits" / "1"
+    assert (version / "saved_model.pb").exists()
+    assert (version / "assets.extra" / "tf_serving_warmup_requests").exists()
+    # The optimize table: every quick variant measured, the float one matching the model.
+    variants = {v["name"]: v for v in result["optimize"]["results"]}
+    assert list(variants) == ["keras", "float32", "dynamic", "float16", "int8", "pruned80-int8"]
+    assert variants["keras"]["metric"] == pytest.approx(100 * result["test_accuracy"], abs=1e-6)
+    assert variants["int8"]["file_bytes"] < variants["float32"]["file_bytes"] / 3
+    assert (tmp_path / "qs" / "variants.png").stat().st_size > 0
+    assert "int8" in r.stdout and "batch-1 p50" in r.stdout
+    # Predictions through the server equal the reloaded model's.
+    serving = result["serving"]
+    assert serving["examples"] == 359
+    assert serving["accuracy"] == pytest.approx(result["test_accuracy"], abs=1e-9)
+    assert 0 < serving["p50_ms"] <= serving["p99_ms"]
     logs = tmp_path / "qs" / "logs"
     events = [f for _, _, fs in os.walk(logs) for f in fs if f.startswith("events.out")]
     assert events, "no TensorBoard event files"

@@ -530,7 +530,8 @@ def test_reload_config_errors(server, bases):
 
 def test_the_client_deadline_reaches_the_queue(server):
     """A request still queued when its gRPC deadline passes is dropped, not run: every request
-    thread is busy with a slow request (~4 s here), so the next one waits past its 0.2 s deadline."""
+    thread is busy with a slow request (~4 s here), so the next one waits past its 0.2 s
+    deadline."""
     metrics, stub = server["registry"].metrics, server["predict"]
     before = (metrics.request_count.get(("calc", "DEADLINE_EXCEEDED")) or [0])[0]
     busy = server["registry"].batcher.params.num_batch_threads

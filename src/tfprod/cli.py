@@ -94,7 +94,8 @@ def quickstart(
     epochs: int = typer.Option(8, help="Training epochs."),
     json_path: Path | None = typer.Option(None, "--json", help="Also write the report as JSON."),
 ) -> None:
-    """Run the main job end to end on sample digits: data, pipeline, training, saved model.
+    """Run the main job end to end on sample digits: data, pipeline, doctor, training, export,
+    optimize, and serving over TF Serving's REST API.
 
     Example: [bold]tfprod quickstart --out /tmp/qs --epochs 5[/]
     """
@@ -109,6 +110,10 @@ def quickstart(
 
     result = qs.run(out, epochs=epochs, console=err_console, on_stage=on_stage)
     console.print(_table("tfprod quickstart", ["stage", "seconds", "result"], rows))
+    report = result.optimize
+    console.print(_table(f"variants of the model ({report.test_examples} test examples, float "
+                         f"{report.metric} {report.reference:.2f}; tfprod optimize builds more)",
+                         report.columns, report.rows))
     console.print(_table("artifacts", ["what", "where / how to open"],
                          [[k, v] for k, v in result.artifacts.items()]))
     console.print(f"test accuracy [bold]{result.test_accuracy:.4f}[/] in {result.seconds:.0f} s")

@@ -1,7 +1,8 @@
-"""The main job: sample data -> pipeline -> inspect -> train a small CNN -> save -> evaluate.
+"""The main job: sample data -> pipeline -> inspect -> doctor -> train -> save -> export ->
+optimize -> serve.
 
 Each stage returns plain data that the CLI prints as one compact table; later stages of the
-lifecycle (doctor, optimize, export, serve, monitor) add their step here.
+lifecycle (monitor, online) add their step here.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from typing import Any
 
 from tfprod.errors import TfprodError
 
+#: The variants the quickstart measures (``tfprod optimize`` builds more by default).
+QUICK_VARIANTS = ("keras", "float32", "dynamic", "float16", "int8", "pruned80-int8")
+
 
 @dataclasses.dataclass
 class QuickstartResult:
@@ -24,6 +28,8 @@ class QuickstartResult:
     artifacts: dict[str, str]
     test_accuracy: float
     seconds: float
+    optimize: Any = None  # the OptimizeReport of the variants
+    serving: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -36,6 +42,7 @@ def run(
     image_size: int = 32,
     batch_size: int = 32,
     seed: int = 0,
+    prune_epochs: int = 2,
     console=None,
     on_stage: Callable[[dict[str, Any]], None] | None = None,
 ) -> QuickstartResult:
@@ -47,6 +54,7 @@ def run(
         image_size: side of the square sample images.
         batch_size: training batch size.
         seed: seeds Keras, TF and the data order.
+        prune_epochs: fine-tuning epochs of the pruned variant in the optimize table.
         console: a rich console for the training progress bar.
         on_stage: called with each stage's summary row as it finishes.
     """
@@ -56,7 +64,9 @@ def run(
 
     from tfprod.data import image_folder, inspect_dataset, write_sample
     from tfprod.doctor import diagnose
+    from tfprod.export import export_saved_model
     from tfprod.models import small_cnn
+    from tfprod.optimize.compare import optimize
     from tfprod.train import GradientStats, RichProgress, Trainer
 
     if epochs < 1:
@@ -131,11 +141,74 @@ def run(
     stage("save + evaluate", t0, result=f"test accuracy {accuracy:.4f} from the reloaded "
           f"{os.path.basename(model_path)}")
 
+    t0 = time.perf_counter()
+    base = os.path.join(out, "models", "digits")
+    exported = export_saved_model(restored, base, version=1, overwrite=True,
+                                  reference_data=train)
+    stage("export", t0, result=f"SavedModel version {exported.version} in TF Serving's layout, "
+          f"{exported.warmup_requests} warmup requests, reference statistics of "
+          f"{exported.reference_examples} examples")
+
+    t0 = time.perf_counter()
+    variants_dir = os.path.join(out, "variants")
+    report = optimize(restored, train, test, out_dir=variants_dir, variants=QUICK_VARIANTS,
+                      runs=100, prune_epochs=prune_epochs,
+                      png=os.path.join(out, "variants.png"))
+    picks = "; ".join(f"{r.target}: {r.variant or 'none'}" for r in report.recommendations)
+    stage("optimize", t0, result=f"{len(report.results)} variants measured side by side; {picks}")
+
+    t0 = time.perf_counter()
+    serving = serve_and_query(base, test)
+    stage("serve", t0, result=f"tfprod serve (REST, batching): accuracy {serving['accuracy']:.4f}"
+          f" over {serving['examples']} examples; 1-instance latency p50 "
+          f"{serving['p50_ms']:.1f} ms, p99 {serving['p99_ms']:.1f} ms")
+
     artifacts = {
         "sample data": data_dir,
         "doctor report": doctor_path,
         "TensorBoard logs": f"tensorboard --logdir {os.path.join(out, 'logs')}",
         "model (.keras)": f"{model_path}  (keras.saving.load_model)",
+        "SavedModel": f"{exported.path}  (tfprod serve --model_name=digits "
+                      f"--model_base_path={base})",
+        "variants": f"{variants_dir}  (plot: {report.plot})",
     }
     return QuickstartResult(out, stages, artifacts, accuracy,
-                            round(time.perf_counter() - start, 1))
+                            round(time.perf_counter() - start, 1), optimize=report,
+                            serving=serving)
+
+
+def serve_and_query(base: str, test: Any, *, latency_requests: int = 100,
+                    batch: int = 64) -> dict[str, Any]:
+    """Serves ``base`` with ``tfprod serve`` in this process on free loopback ports and queries
+    it over REST: the whole ``test`` set in ``batch``-row requests (accuracy), then
+    ``latency_requests`` one-instance requests one after another (latency)."""
+    import numpy as np
+
+    from tfprod.serve.client import RestClient
+    from tfprod.serve.server import ModelServer, ServerOptions
+    from tfprod.train.cluster import free_ports
+
+    rest_port, grpc_port = free_ports(2)
+    server = ModelServer(ServerOptions(
+        port=grpc_port, rest_api_port=rest_port, model_name="digits", model_base_path=base,
+        rest_api_host="127.0.0.1", grpc_host="127.0.0.1", enable_batching=True,
+        file_system_poll_wait_seconds=0, shutdown_grace_s=5))
+    images = np.concatenate([x.numpy() for x, _ in test]).astype(np.uint8)
+    labels = np.concatenate([y.numpy() for _, y in test])
+    try:
+        server.start()
+        with RestClient("127.0.0.1", rest_port) as client:
+            client.wait_ready()
+            predicted = np.concatenate([client.predict("digits", images[i:i + batch])
+                                        for i in range(0, len(images), batch)])
+            times = []
+            for i in range(latency_requests):
+                t = time.perf_counter()
+                client.predict("digits", images[i % len(images)][None])
+                times.append(1000 * (time.perf_counter() - t))
+    finally:
+        server.stop()
+    return {"examples": len(images),
+            "accuracy": float(np.mean(np.argmax(predicted, axis=1) == labels)),
+            "p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99)),
+            "latency_requests": latency_requests, "rest_port": rest_port}

@@ -7,10 +7,15 @@
   exported version holds.
 - :func:`save_keras`, :func:`save_weights`, :func:`load_keras`: Keras files for continued
   training (optimizer state included) and weights only.
+- :func:`to_litert`, :class:`LiteRTConverter`, :class:`LiteRTModel`: LiteRT files (float32,
+  dynamic-range, float16, int8) and the LiteRT interpreter on all cores.
+- :func:`predict`, :func:`load_predictor`: batched inference with any exported variant.
 """
 
 from tfprod.export.examples import Examples, collect_examples
 from tfprod.export.keras_files import load_keras, save_keras, save_weights
+from tfprod.export.litert import LiteRTConverter, LiteRTModel, to_litert
+from tfprod.export.predict import PredictResult, load_predictor, predict
 from tfprod.export.publish import check_base, list_versions, next_version
 from tfprod.export.reference import REFERENCE_FILE, load_reference_stats, reference_stats
 from tfprod.export.savedmodel import ExportResult, build_archive, export_saved_model
@@ -22,6 +27,9 @@ __all__ = [
     "WARMUP_FILE",
     "Examples",
     "ExportResult",
+    "LiteRTConverter",
+    "LiteRTModel",
+    "PredictResult",
     "ServingInputs",
     "build_archive",
     "check_base",
@@ -29,13 +37,16 @@ __all__ = [
     "export_saved_model",
     "list_versions",
     "load_keras",
+    "load_predictor",
     "load_reference_stats",
     "next_version",
+    "predict",
     "read_signatures",
     "read_warmup_requests",
     "reference_stats",
     "save_keras",
     "save_weights",
     "serving_inputs",
+    "to_litert",
     "write_warmup_requests",
 ]
