@@ -61,6 +61,22 @@ def test_mirrored_two_replicas_train_and_stay_identical():
     assert len(trainer.model.weights[0].value.values) == 2
 
 
+def test_mirrored_strategies_one_after_another_with_other_models():
+    """Regression: a second MirroredStrategy reused the first one's collective keys, so training
+    a model of other shapes aborted every collective op in the process
+    (tensorflow/tensorflow#62790)."""
+    for width in (5, 11):
+        strategy = make_strategy("mirrored")
+        with strategy.scope():
+            model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(width),
+                                      keras.layers.Dense(1)])
+            model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        x = np.arange(96, dtype="float32").reshape(32, 3) / 96
+        Trainer(model, strategy=strategy).fit(
+            tf.data.Dataset.from_tensor_slices((x, x.sum(1))).batch(8), epochs=1)
+        assert equal_replica_weights(model)
+
+
 def test_mirrored_matches_single_replica_update():
     """Loss scaled by the global batch: 2 replicas give the same SGD step as 1."""
     x, y = _data(64)

@@ -297,7 +297,10 @@ def image_folder(
         # shuffle images, not batches.
         if shuffle:
             buffer = shuffle_buffer or (len(files) if cache == "memory" else 1024)
-            ds = cache_dataset(ds.unbatch(), cache)
+            # unbatch() forgets the cardinality; the count is known (undecodable files are
+            # found before this point), and a parameter-server epoch or a progress bar needs it.
+            images = ds.unbatch().apply(tf.data.experimental.assert_cardinality(len(files)))
+            ds = cache_dataset(images, cache)
             ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).batch(batch_size)
         else:
             ds = cache_dataset(ds, cache)

@@ -2,7 +2,8 @@
 
 - :class:`Trainer`: a fit-like custom loop (default, mirrored, multi-worker, parameter server),
   gradient accumulation, global-norm clipping, mixed precision, exact resume.
-- :func:`make_strategy`: a strategy by name, from the devices, or from TF_CONFIG.
+- :func:`make_strategy`: a strategy by name, from the devices, or from TF_CONFIG;
+  :func:`mirrored_strategy`: a MirroredStrategy that can follow another in one process.
 - :class:`TrainingCheckpoint`: model + optimizer + step (+ data iterator) checkpoints.
 - Callbacks (work with ``model.fit`` and the Trainer): :class:`RollbackOnNaN`,
   :class:`LossStagnation`, :class:`GradientStats` (gradient and weight histograms),
@@ -34,6 +35,7 @@ _EXPORTS = {
     "bench_step": "step_bench",
     "equal_replica_weights": "trainer",
     "make_strategy": "strategies",
+    "mirrored_strategy": "strategies",
     "profile_training": "profile",
     "sample_quality": "gan",
     "set_memory_growth": "strategies",

@@ -83,6 +83,23 @@ def set_memory_growth() -> int:
     return len(gpus)
 
 
+#: Collective keys reserved for each MirroredStrategy (TF's own tests move the base by 1,000).
+_COLLECTIVE_KEYS_PER_STRATEGY = 1000
+
+
+def mirrored_strategy(devices: list[str] | None = None) -> tf.distribute.MirroredStrategy:
+    """A MirroredStrategy whose collective ops cannot collide with an earlier one's.
+
+    Every MirroredStrategy starts its collective group and instance keys at the same base, so a
+    second strategy in one process whose all-reduces have other shapes (another model) aborts
+    every collective op for the rest of the process: "Shape mismatch in the collective instance
+    ... Restart your program to reset" (tensorflow/tensorflow#62790). Each strategy made here
+    gets keys of its own, as TF's test combinations do.
+    """
+    tf.distribute.MirroredStrategy._collective_key_base += _COLLECTIVE_KEYS_PER_STRATEGY
+    return tf.distribute.MirroredStrategy(devices)
+
+
 def make_strategy(name: str = "auto", *, cpu_replicas: int = 2,
                   cluster_timeout: float = 60.0) -> tf.distribute.Strategy:
     """Returns the strategy called ``name``.
@@ -113,9 +130,7 @@ def make_strategy(name: str = "auto", *, cpu_replicas: int = 2,
     if name == "one":
         return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
     if name == "mirrored":
-        if gpus:
-            return tf.distribute.MirroredStrategy()
-        return tf.distribute.MirroredStrategy(split_cpu(cpu_replicas))
+        return mirrored_strategy(None if gpus else split_cpu(cpu_replicas))
     if config is None:
         raise TfprodError(f"strategy {name!r} needs TF_CONFIG describing the cluster; set it, or "
                           "use `tfprod train --workers N` to launch local workers")
