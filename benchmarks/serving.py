@@ -24,7 +24,8 @@ servers (drift hits all alike); medians and min-max are reported, and every serv
 of the ceiling, of FastAPI and of Flask. The model in-process (the exported signature at batch
 64, no HTTP) gives the inference ceiling.
 
-Then the version swap: back-to-back 1-second wrk windows of the small load against
+Then the version swaps (``--swaps``, one after another; the median swap is reported, with the
+min-max over swaps): back-to-back 1-second wrk windows of the small load against
 ``tfprod-batching`` (polling the file system every second); during one window version 2 (the
 model trained one more epoch, staged in a hidden folder of the base path) is renamed to
 ``BASE/2``. The swap window runs from the rename until version 1 has reached END; its p99 (the
@@ -32,7 +33,10 @@ worst window's) is compared with the steady windows' median p99, and failed requ
 socket errors, timeouts) are counted over all windows.
 
 Latencies are wrk's (from sending a request to its response); requests still in flight when a
-run ends are not counted, which flatters the p99 of servers slower than the run (Flask).
+run ends are not counted, which flatters the p99 of servers slower than the run (Flask). Before
+every run the benchmark waits until all servers are idle (under 0.05 cores for 0.25 s): a server
+slower than its load keeps working through the requests queued before its run ended, and that
+CPU would otherwise be taken from the next server measured.
 
 With ``--profile-seconds`` (and py-spy installed) the batching server is sampled under each load
 and its CPU shown by thread, by tfprod function and by leaf function.
@@ -148,6 +152,7 @@ class Run:
     instances: int
     started: float = 0.0  # time.monotonic() when wrk started
     ended: float = 0.0
+    idle_wait_s: float = 0.0  # waited before the run for the servers to go idle
 
     @property
     def failed(self) -> int:
@@ -410,6 +415,38 @@ def batching_text(args: argparse.Namespace) -> str:
 # ------------------------------------------------------------------------------ measurements
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by these processes (all their threads)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / tick
+
+
+def wait_idle(servers: list[Server], *, window_s: float = 0.25, max_cores: float = 0.05,
+              timeout_s: float = 30.0) -> float:
+    """Waits until the servers together use under ``max_cores`` over ``window_s``: a server
+    slower than the load (Flask) is still working through requests queued before its wrk run
+    ended, and that CPU would be taken from the next server measured. Returns seconds waited."""
+    pids = [s.proc.pid for s in servers if s.proc is not None]
+    start = time.monotonic()
+    used = cpu_seconds(pids)
+    while time.monotonic() - start < timeout_s:
+        time.sleep(window_s)
+        now = cpu_seconds(pids)
+        if now - used < max_cores * window_s:
+            return time.monotonic() - start
+        used = now
+    console.print(f"  [yellow]servers still busy after {timeout_s:.0f} s; measuring anyway[/]")
+    return time.monotonic() - start
+
+
 def spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values),
             "values": values}
@@ -426,8 +463,11 @@ def measure(servers: list[Server], wrk: Wrk, scripts: dict[str, Path], args: arg
                 s.check_alive()
                 url = s.url + PREDICT_PATH
                 if repeat == 0 and args.warmup:
+                    wait_idle(servers)
                     wrk.run(url, scripts[load.name], load, args.warmup)
+                waited = wait_idle(servers)
                 run = wrk.run(url, scripts[load.name], load, args.duration)
+                run.idle_wait_s = waited
                 runs[s.name][load.name].append(run)
                 console.print(f"  repeat {repeat + 1}/{args.repeats} {load.name:5} {s.name:15} "
                               f"{run.rps:9,.0f} req/s {run.sps:9,.0f} samples/s  p50 "
@@ -469,11 +509,12 @@ def ratio(runs: dict[str, dict[str, list[Run]]], name: str, other: str, load: st
 
 
 class StatusPoller(threading.Thread):
-    """Polls the model status; records when version 2 is AVAILABLE and version 1 gone (END)."""
+    """Polls the model status; records when version ``new`` is AVAILABLE and ``old`` gone."""
 
-    def __init__(self, url: str, interval_s: float = 0.05):
+    def __init__(self, url: str, old: int, new: int, interval_s: float = 0.05):
         super().__init__(daemon=True, name="status-poller")
         self.url, self.interval_s = url, interval_s
+        self.old, self.new = old, new
         self.v2_available: float | None = None
         self.v1_end: float | None = None
         self.states: list[tuple[float, dict[int, str]]] = []
@@ -489,10 +530,10 @@ class StatusPoller(threading.Thread):
                       for v in json.loads(body)["model_version_status"]}
             if not self.states or self.states[-1][1] != states:
                 self.states.append((now, states))
-            if self.v2_available is None and states.get(2) == "AVAILABLE":
+            if self.v2_available is None and states.get(self.new) == "AVAILABLE":
                 self.v2_available = now
             if self.v2_available is not None and self.v1_end is None \
-                    and states.get(1, "END") == "END":
+                    and states.get(self.old, "END") == "END":
                 self.v1_end = now
 
     def stop(self) -> None:
@@ -500,15 +541,36 @@ class StatusPoller(threading.Thread):
         self.join(5)
 
 
-def swap_test(server: Server, wrk: Wrk, script: Path, version_2: Path, args: argparse.Namespace
-              ) -> dict:
-    """Back-to-back 1 s windows of the small load; version 2 is published during one of them."""
+def swap_tests(server: Server, wrk: Wrk, script: Path, version_2: Path,
+               args: argparse.Namespace) -> dict:
+    """``--swaps`` swaps one after another (versions 2, 3, ...: copies of ``version_2``); the
+    figures are the median swap's, with the min-max over swaps."""
+    swaps = []
+    for i in range(args.swaps):
+        swaps.append(swap_test(server, wrk, script, version_2, args, new=2 + i))
+        console.print(f"  swap {i + 1}/{args.swaps}: p99 {swaps[-1]['swap_p99_ms']:.1f} ms vs "
+                      f"steady {swaps[-1]['steady_p99_ms']:.1f} ms "
+                      f"({swaps[-1]['p99_ratio']:.2f}x), failed {swaps[-1]['failed']}",
+                      style="dim", highlight=False)
+    ratios = [w["p99_ratio"] for w in swaps]
+    median = sorted(swaps, key=lambda w: w["p99_ratio"])[(len(swaps) - 1) // 2]
+    return {**median, "p99_ratio_spread": spread(ratios), "swaps": swaps,
+            "completed": all(w["completed"] for w in swaps),
+            "failed": sum(w["failed"] for w in swaps),
+            "requests": sum(w["requests"] for w in swaps)}
+
+
+def swap_test(server: Server, wrk: Wrk, script: Path, version_2: Path, args: argparse.Namespace,
+              *, new: int = 2) -> dict:
+    """Back-to-back 1 s windows of the small load; version ``new`` is published during one of
+    them, replacing ``new - 1``."""
     base = Path(server.command[server.command.index("--model_base_path") + 1])
     staging = base / STAGING
     shutil.copytree(version_2, staging)  # staged before the load: the publish is one rename
     load = LOADS[0]
     url = server.url + PREDICT_PATH
-    poller = StatusPoller(server.url + STATUS_PATH)
+    wait_idle([server])
+    poller = StatusPoller(server.url + STATUS_PATH, old=new - 1, new=new)
     poller.start()
     windows: list[Run] = []
     try:
@@ -517,7 +579,7 @@ def swap_test(server: Server, wrk: Wrk, script: Path, version_2: Path, args: arg
         started = wrk.start(url, script, load.connections, 1)
         time.sleep(0.3)
         published = time.monotonic()
-        os.rename(staging, base / "2")
+        os.rename(staging, base / str(new))
         windows.append(wrk.finish(started, 1, load.instances))
         while poller.v1_end is None and time.monotonic() - published < args.swap_timeout:
             windows.append(wrk.run(url, script, load, 1))
@@ -525,7 +587,7 @@ def swap_test(server: Server, wrk: Wrk, script: Path, version_2: Path, args: arg
             windows.append(wrk.run(url, script, load, 1))
     finally:
         poller.stop()
-    return swap_report(windows, published, poller, args.swap_steady)
+    return {**swap_report(windows, published, poller, args.swap_steady), "version": new}
 
 
 def swap_report(windows: list[Run], published: float, poller: StatusPoller, steady: int
@@ -670,8 +732,9 @@ def print_ratios(runs: dict) -> None:
 
 
 def print_swap(swap: dict) -> None:
-    table = Table(title="version swap under the small load (1 s wrk windows; publish = rename "
-                        "of a staged folder to BASE/2)", title_justify="left")
+    table = Table(title=f"version swap under the small load, the median of {len(swap['swaps'])} "
+                        f"swaps (1 s wrk windows; publish = rename of a staged folder to "
+                        f"BASE/{swap['version']})", title_justify="left")
     for c in ("window t (s)", "req/s", "p50 ms", "p99 ms", "failed", "phase"):
         table.add_column(c)
     steady, n_swap = swap["steady_windows"], swap["swap_windows"]
@@ -681,10 +744,13 @@ def print_swap(swap: dict) -> None:
                       f"{w['p99_ms']:.1f}", str(w["non_2xx"] + w["socket_errors"]), phase)
     console.print(table)
     fmt = lambda v: "never" if v is None else f"{v:.2f} s"  # noqa: E731
-    console.print(f"version 2 AVAILABLE after {fmt(swap['v2_available_after_s'])}, version 1 "
-                  f"END after {fmt(swap['v1_end_after_s'])}; failed {swap['failed']} of "
-                  f"{swap['requests']:,}; p99 steady {swap['steady_p99_ms']:.1f} ms, during the "
-                  f"swap {swap['swap_p99_ms']:.1f} ms ({swap['p99_ratio']:.2f}x)",
+    v = swap["version"]
+    r = swap["p99_ratio_spread"]
+    console.print(f"version {v} AVAILABLE after {fmt(swap['v2_available_after_s'])}, version "
+                  f"{v - 1} END after {fmt(swap['v1_end_after_s'])}; p99 steady "
+                  f"{swap['steady_p99_ms']:.1f} ms, during the swap {swap['swap_p99_ms']:.1f} ms "
+                  f"({swap['p99_ratio']:.2f}x; over all swaps {r['min']:.2f}-{r['max']:.2f}x); "
+                  f"failed {swap['failed']} of {swap['requests']:,} over all swaps",
                   highlight=False)
 
 
@@ -762,10 +828,10 @@ def print_targets(rows: list[dict]) -> None:
 
 
 #: Run lengths of a full run and of ``--quick``; a flag given explicitly wins.
-FULL = {"duration": 5, "repeats": 3, "warmup": 2, "swap_steady": 5, "profile_seconds": 8,
-        "epochs": 3}
-QUICK = {"duration": 2, "repeats": 1, "warmup": 1, "swap_steady": 3, "profile_seconds": 0,
-         "epochs": 1}
+FULL = {"duration": 5, "repeats": 3, "warmup": 2, "swap_steady": 5, "swaps": 3,
+        "profile_seconds": 8, "epochs": 3}
+QUICK = {"duration": 2, "repeats": 1, "warmup": 1, "swap_steady": 3, "swaps": 1,
+         "profile_seconds": 0, "epochs": 1}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -792,6 +858,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-timeout-micros", type=int, default=5000)
     parser.add_argument("--num-batch-threads", type=int, default=1)
     parser.add_argument("--max-enqueued-batches", type=int, default=32)
+    parser.add_argument("--swaps", type=int, help=f"version swaps ({FULL['swaps']})")
     parser.add_argument("--swap-timeout", type=float, default=60.0,
                         help="seconds to wait for the swap to finish")
     parser.add_argument("--seed", type=int, default=0)
@@ -803,8 +870,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.duration < 1 or args.repeats < 1 or args.swap_steady < 1:
-        parser.error("--duration, --repeats and --swap-steady must be >= 1")
+    if args.duration < 1 or args.repeats < 1 or args.swap_steady < 1 or args.swaps < 1:
+        parser.error("--duration, --repeats, --swap-steady and --swaps must be >= 1")
     names = [n for n in args.servers.split(",") if n]
     unknown = sorted(set(names) - set(SERVER_LABELS))
     if unknown:
@@ -869,8 +936,9 @@ def run_benchmark(args: argparse.Namespace, tmp: Path, info: dict) -> dict:
         swap = None
         if batching is not None:
             console.print("version swap under load", style="bold")
-            results["swap"] = swap = swap_test(batching, wrk, scripts["small"],
-                                               model["version_2"], args)
+            wait_idle(servers)
+            results["swap"] = swap = swap_tests(batching, wrk, scripts["small"],
+                                                model["version_2"], args)
     finally:
         for s in servers:
             s.stop()
