@@ -21,12 +21,11 @@ import os
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from machine import machine_info, wait_for_load
+from machine import add_machine_args, machine_info, wait_for_load
 from tfprod import runtime
 
 console = Console(width=140)
@@ -63,10 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="runs per mode (median)")
     parser.add_argument("--modes", default="quick,full", help="comma-separated subset")
-    parser.add_argument("--max-load", type=float, default=None,
-                        help="wait until the 1-minute load average is below this")
-    parser.add_argument("--max-wait", type=float, default=600.0, help="seconds to wait for it")
-    parser.add_argument("--json", type=Path, default=None, help="write results here")
+    add_machine_args(parser)
     args = parser.parse_args(argv)
     runtime.configure(verbose=False)
     from tfprod.data import load_digits

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import time
+from pathlib import Path
 
 
 def machine_info() -> dict:
@@ -30,3 +32,11 @@ def wait_for_load(max_load: float, timeout: float, console) -> float:
         console.print(f"load {load:.2f} >= {max_load}; waiting", style="dim")
         time.sleep(30)
     return load
+
+
+def add_machine_args(parser: argparse.ArgumentParser) -> None:
+    """``--max-load``, ``--max-wait`` (see :func:`wait_for_load`) and ``--json``."""
+    parser.add_argument("--max-load", type=float, default=None,
+                        help="wait until the 1-minute load average is below this")
+    parser.add_argument("--max-wait", type=float, default=600.0, help="seconds to wait for it")
+    parser.add_argument("--json", type=Path, default=None, help="write results here")

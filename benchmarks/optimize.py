@@ -31,13 +31,12 @@ import os
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from machine import machine_info, wait_for_load
+from machine import add_machine_args, machine_info, wait_for_load
 from tfprod import runtime
 
 console = Console(width=160)
@@ -158,10 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loop-samples", type=int, default=100,
                         help="examples timed in the per-sample model.predict loop")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-load", type=float, default=None,
-                        help="wait until the 1-minute load average is below this")
-    parser.add_argument("--max-wait", type=float, default=600.0, help="seconds to wait for it")
-    parser.add_argument("--json", type=Path, default=None, help="write results here")
+    add_machine_args(parser)
     args = parser.parse_args(argv)
     runtime.configure(verbose=False)
     from tfprod.optimize.compare import optimize

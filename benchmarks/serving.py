@@ -78,7 +78,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from machine import machine_info, wait_for_load
+from machine import add_machine_args, machine_info, wait_for_load
 from tfprod import runtime
 
 console = Console(width=160)
@@ -862,10 +862,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--swap-timeout", type=float, default=60.0,
                         help="seconds to wait for the swap to finish")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-load", type=float, default=None,
-                        help="wait until the 1-minute load average is below this")
-    parser.add_argument("--max-wait", type=float, default=600.0, help="seconds to wait for it")
-    parser.add_argument("--json", type=Path, default=None, help="write results here")
+    add_machine_args(parser)
     args = parser.parse_args(argv)
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:

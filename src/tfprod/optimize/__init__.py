@@ -9,12 +9,9 @@
 Names load on first use: importing this package does not import TensorFlow.
 """
 
-from __future__ import annotations
+from tfprod.lazy import lazy_exports
 
-import importlib
-from typing import Any
-
-_WHERE = {
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "DEFAULT_VARIANTS": "variants",
     "OptimizeReport": "report",
     "PolynomialDecay": "pruning",
@@ -23,14 +20,4 @@ _WHERE = {
     "prune_low_magnitude": "pruning",
     "sparsity_report": "pruning",
     "strip_pruning": "pruning",
-}
-
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'tfprod.optimize' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"tfprod.optimize.{_WHERE[name]}"), name)
-    globals()[name] = value
-    return value
+})

@@ -12,12 +12,9 @@
 Names load on first use: ``from tfprod.serve import RestClient`` does not import TensorFlow.
 """
 
-from __future__ import annotations
+from tfprod.lazy import lazy_exports
 
-import importlib
-from typing import Any
-
-_WHERE = {
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "BatchingParameters": "config",
     "ConfigError": "config",
     "DynamicBatcher": "batching",
@@ -30,14 +27,4 @@ _WHERE = {
     "ServingMetrics": "metrics",
     "load_model_server_config": "config",
     "run": "server",
-}
-
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'tfprod.serve' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"tfprod.serve.{_WHERE[name]}"), name)
-    globals()[name] = value
-    return value
+})

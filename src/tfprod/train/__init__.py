@@ -17,9 +17,9 @@ Names are imported on first use, so that process helpers of this package (local 
 launch, the peer watchdog) start without loading TensorFlow.
 """
 
-import importlib
+from tfprod.lazy import lazy_exports
 
-_EXPORTS = {
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "STRATEGIES": "strategies",
     "DeviceSplitMLP": "model_parallel",
     "GANTrainer": "gan",
@@ -41,18 +41,4 @@ _EXPORTS = {
     "set_memory_growth": "strategies",
     "split_cpu": "strategies",
     "train_gan": "gan",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f"tfprod.train.{_EXPORTS[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'tfprod.train' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+})
