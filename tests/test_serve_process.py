@@ -198,3 +198,42 @@ def test_a_busy_port_is_a_one_line_error_and_nothing_keeps_running(tmp_path):
             server.start()
         server.stop()
     assert server.registry.status("default")[0].state == "END"
+
+
+# ------------------------------------------------------------------------ ServerProcess
+
+
+def test_server_process_serves_then_drains_and_exits_0(tmp_path):
+    import numpy as np
+
+    from tfprod.serve.client import RestClient
+    from tfprod.serve.process import ServerProcess
+
+    write_affine(tmp_path / "m" / "1", scale=2.0, bias=1.0)
+    server = ServerProcess("affine", tmp_path / "m", log=tmp_path / "serve.log",
+                           flags=["--enable_batching"]).start()
+    try:
+        with RestClient("127.0.0.1", server.rest_port) as client:
+            np.testing.assert_array_equal(client.predict("affine", np.ones((2, 3))), 3.0)
+        pid = server.proc.pid
+    finally:
+        status = server.stop()
+    assert status == 0, server.log_tail()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert "SIGTERM: draining" in (tmp_path / "serve.log").read_text()
+
+
+def test_server_process_that_exits_or_never_gets_ready_is_one_error(tmp_path):
+    from tfprod.errors import TfprodError
+    from tfprod.serve.process import ServerProcess
+
+    bad = ServerProcess("x", tmp_path, log=tmp_path / "a.log", flags=["--rest_api_port=99999"])
+    with pytest.raises(TfprodError, match=r"exited with status 2: .*rest_api_port=99999"):
+        bad.start()
+    assert bad.proc is None
+    (tmp_path / "empty").mkdir()  # no versions: serving starts, never ready
+    waiting = ServerProcess("x", tmp_path / "empty", log=tmp_path / "b.log", ready_timeout=3)
+    with pytest.raises(TfprodError, match="was not ready after 3 s"):
+        waiting.start()
+    assert waiting.proc is None  # stopped, not left running

@@ -135,8 +135,9 @@ def run(
     model_path = os.path.join(out, "model.keras")
     model.save(model_path)
     restored = keras.saving.load_model(model_path)
+    images = np.concatenate([x.numpy() for x, _ in test])
     labels = np.concatenate([y.numpy() for _, y in test])
-    probs = restored.predict(test, verbose=0)
+    probs = restored.predict(images, batch_size=256, verbose=0)
     accuracy = float(np.mean(np.argmax(probs, axis=1) == labels))
     stage("save + evaluate", t0, result=f"test accuracy {accuracy:.4f} from the reloaded "
           f"{os.path.basename(model_path)}")
@@ -158,8 +159,9 @@ def run(
     stage("optimize", t0, result=f"{len(report.results)} variants measured side by side; {picks}")
 
     t0 = time.perf_counter()
-    serving = serve_and_query(base, test)
-    stage("serve", t0, result=f"tfprod serve (REST, batching): accuracy {serving['accuracy']:.4f}"
+    serving = serve_and_query(base, images, labels, log=os.path.join(out, "serve.log"))
+    stage("serve", t0, result=f"tfprod serve process (REST, batching): accuracy "
+          f"{serving['accuracy']:.4f}"
           f" over {serving['examples']} examples; 1-instance latency p50 "
           f"{serving['p50_ms']:.1f} ms, p99 {serving['p99_ms']:.1f} ms")
 
@@ -171,44 +173,35 @@ def run(
         "SavedModel": f"{exported.path}  (tfprod serve --model_name=digits "
                       f"--model_base_path={base})",
         "variants": f"{variants_dir}  (plot: {report.plot})",
+        "server log": serving["log"],
     }
     return QuickstartResult(out, stages, artifacts, accuracy,
                             round(time.perf_counter() - start, 1), optimize=report,
                             serving=serving)
 
 
-def serve_and_query(base: str, test: Any, *, latency_requests: int = 100,
-                    batch: int = 64) -> dict[str, Any]:
-    """Serves ``base`` with ``tfprod serve`` in this process on free loopback ports and queries
-    it over REST: the whole ``test`` set in ``batch``-row requests (accuracy), then
-    ``latency_requests`` one-instance requests one after another (latency)."""
+def serve_and_query(base: str, images: Any, labels: Any, *, log: str,
+                    latency_requests: int = 100, batch: int = 64) -> dict[str, Any]:
+    """Starts ``tfprod serve --enable_batching`` on ``base`` as its own process on free loopback
+    ports and queries it over REST: every image in ``batch``-row requests (accuracy), then
+    ``latency_requests`` one-instance requests one after another (latency); then stops it."""
     import numpy as np
 
     from tfprod.serve.client import RestClient
-    from tfprod.serve.server import ModelServer, ServerOptions
-    from tfprod.train.cluster import free_ports
+    from tfprod.serve.process import ServerProcess
 
-    rest_port, grpc_port = free_ports(2)
-    server = ModelServer(ServerOptions(
-        port=grpc_port, rest_api_port=rest_port, model_name="digits", model_base_path=base,
-        rest_api_host="127.0.0.1", grpc_host="127.0.0.1", enable_batching=True,
-        file_system_poll_wait_seconds=0, shutdown_grace_s=5))
-    images = np.concatenate([x.numpy() for x, _ in test]).astype(np.uint8)
-    labels = np.concatenate([y.numpy() for _, y in test])
-    try:
-        server.start()
-        with RestClient("127.0.0.1", rest_port) as client:
-            client.wait_ready()
-            predicted = np.concatenate([client.predict("digits", images[i:i + batch])
-                                        for i in range(0, len(images), batch)])
-            times = []
-            for i in range(latency_requests):
-                t = time.perf_counter()
-                client.predict("digits", images[i % len(images)][None])
-                times.append(1000 * (time.perf_counter() - t))
-    finally:
-        server.stop()
-    return {"examples": len(images),
+    pixels = np.asarray(images).astype(np.uint8)  # whole numbers in JSON: a third of the bytes
+    with ServerProcess("digits", base, log=log, flags=["--enable_batching",
+                                                       "--file_system_poll_wait_seconds=0"]
+                       ) as server, RestClient("127.0.0.1", server.rest_port) as client:
+        predicted = np.concatenate([client.predict("digits", pixels[i:i + batch])
+                                    for i in range(0, len(pixels), batch)])
+        times = []
+        for i in range(latency_requests):
+            t = time.perf_counter()
+            client.predict("digits", pixels[i % len(pixels)][None])
+            times.append(1000 * (time.perf_counter() - t))
+    return {"examples": len(pixels),
             "accuracy": float(np.mean(np.argmax(predicted, axis=1) == labels)),
             "p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99)),
-            "latency_requests": latency_requests, "rest_port": rest_port}
+            "latency_requests": latency_requests, "rest_port": server.rest_port, "log": log}
