@@ -7,7 +7,8 @@
 - :class:`ModelSpec`, :func:`load_model_server_config`: models.config (text ModelServerConfig).
 - :class:`ServingMetrics`: Prometheus metrics with TF Serving's names.
 - :class:`ServingError`: an error with TF Serving's canonical code and HTTP status.
-- :class:`RestClient`: a small client of the REST predict API.
+- :class:`RestClient`: a small client of the REST predict API; :class:`ServerProcess`: `tfprod
+  serve` as a child process on loopback.
 
 Names load on first use: ``from tfprod.serve import RestClient`` does not import TensorFlow.
 """
@@ -23,6 +24,7 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "ModelSpec": "config",
     "RestClient": "client",
     "ServerOptions": "server",
+    "ServerProcess": "process",
     "ServingError": "errors",
     "ServingMetrics": "metrics",
     "load_model_server_config": "config",
