@@ -152,8 +152,8 @@ def run(
 
     t0 = time.perf_counter()
     variants_dir = os.path.join(out, "variants")
-    report = optimize(restored, train, test, out_dir=variants_dir, variants=QUICK_VARIANTS,
-                      runs=100, prune_epochs=prune_epochs,
+    report = optimize(restored, train, (images, labels), out_dir=variants_dir,
+                      variants=QUICK_VARIANTS, runs=100, prune_epochs=prune_epochs,
                       png=os.path.join(out, "variants.png"))
     picks = "; ".join(f"{r.target}: {r.variant or 'none'}" for r in report.recommendations)
     stage("optimize", t0, result=f"{len(report.results)} variants measured side by side; {picks}")

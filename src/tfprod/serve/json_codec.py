@@ -581,14 +581,15 @@ def _leaf_texts(name: str, arr: np.ndarray) -> list[str]:
         return ["true" if v else "false" for v in flat.tolist()]
     if kind in "OSU":
         if name.endswith(_BYTES_SUFFIX):
-            return ['{"b64":"' + base64.b64encode(_as_bytes(v)).decode("ascii") + '"}'
+            return ['{"b64":"' + base64.b64encode(as_bytes(v)).decode("ascii") + '"}'
                     for v in flat.tolist()]
-        return [orjson.dumps(_as_bytes(v).decode("utf-8", "replace")).decode()
+        return [orjson.dumps(as_bytes(v).decode("utf-8", "replace")).decode()
                 for v in flat.tolist()]
     raise invalid_argument(f"Failed to write JSON value for tensor type: {arr.dtype.name}")
 
 
-def _as_bytes(value: Any) -> bytes:
+def as_bytes(value: Any) -> bytes:
+    """A string tensor element as bytes (str as UTF-8; bytes as they are)."""
     if isinstance(value, bytes):
         return value
     if isinstance(value, str):

@@ -20,6 +20,7 @@ import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
 from tfprod.serve.errors import ServingError, internal, invalid_argument
+from tfprod.serve.json_codec import as_bytes
 
 TensorProto = tensor_pb2.TensorProto
 
@@ -213,15 +214,6 @@ def _varint(n: int) -> bytes:
 def _packed_field(field: str, payload: bytes) -> bytes:
     """The wire bytes of a packed repeated field (wire type 2: tag, length, payload)."""
     return _varint(_FIELD_NUMBER[field] << 3 | 2) + _varint(len(payload)) + payload
-
-
-def as_bytes(value: Any) -> bytes:
-    """A string tensor element as bytes (str as UTF-8; bytes as they are)."""
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    return str(value).encode("utf-8")
 
 
 def from_ndarray(array: Any, proto: Any | None = None) -> Any:
