@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 
+from tfprod.console import console, progress, table, tf, write_json
 from tfprod.errors import TfprodError
 
 
@@ -79,14 +80,12 @@ def register(app: typer.Typer) -> None:
 
         Example: [bold]tfprod export model.keras models/digits --data /tmp/digits/train[/]
         """
-        from tfprod.cli import _progress, _table, _tf, _write_json, console
-
         # Checked before TensorFlow is imported: a typo fails at once.
         if not model.exists():
             raise TfprodError(f"{model}: no such file; expected a .keras model file")
         if data is not None and not data.exists():
             raise TfprodError(f"--data {data}: no such file or folder")
-        _tf()
+        tf()
         from tfprod.export import export_saved_model, load_keras, save_keras, save_weights
         from tfprod.export.keras_files import check_keras_path, check_weights_path
 
@@ -94,7 +93,7 @@ def register(app: typer.Typer) -> None:
             check_keras_path(keras_out, overwrite=overwrite)
         if weights_out is not None:
             check_weights_path(weights_out, overwrite=overwrite)
-        with _progress() as p:
+        with progress() as p:
             task = p.add_task(f"loading {model}", total=None)
             net = load_keras(model)
             reference = None if data is None else _reference_data(data, net, label)
@@ -122,8 +121,8 @@ def register(app: typer.Typer) -> None:
                          _size(os.path.getsize(path))])
         for what, path in saved.items():
             rows.append([what, path, "", _size(os.path.getsize(path))])
-        console.print(_table(f"tfprod export: {net.name} -> {base} ({result.seconds:.1f} s)",
+        console.print(table(f"tfprod export: {net.name} -> {base} ({result.seconds:.1f} s)",
                              ["what", "path", "detail", "size"], rows))
-        console.print(_table("signatures", ["signature", "in/out", "name", "dtype", "shape"],
+        console.print(table("signatures", ["signature", "in/out", "name", "dtype", "shape"],
                              _signature_rows(result.endpoints)))
-        _write_json(json_path, {**result.to_json(), "saved": saved})
+        write_json(json_path, {**result.to_json(), "saved": saved})

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from tfprod.console import console, progress, table, tf, write_json
 from tfprod.errors import TfprodError
 
 
@@ -45,17 +46,15 @@ def optimize(
     """
     from rich.markup import escape
 
-    from tfprod.cli import _progress, _table, _tf, _write_json, console
-
     train_path, test_path = _splits(data, test)
-    _tf()
+    tf()
     from tfprod.doctor import load_data, load_model
     from tfprod.optimize.compare import optimize as run_optimize
     from tfprod.optimize.variants import DEFAULT_VARIANTS
 
     names = ([v.strip() for v in variants.split(",") if v.strip()] if variants is not None
              else list(DEFAULT_VARIANTS))
-    with _progress() as p:
+    with progress() as p:
         task = p.add_task(f"loading {model}", total=None)
         net = load_model(str(model))
         train = load_data(train_path, model=net, label=label, batch_size=256)
@@ -64,7 +63,7 @@ def optimize(
             net, train, test_set, out_dir=out, max_drop=max_drop, variants=names, runs=runs,
             prune_epochs=prune_epochs, png=png,
             progress=lambda what, i, n: p.update(task, description=what, completed=i, total=n))
-    console.print(_table(f"tfprod optimize: {net.name} ({report.test_examples} test examples, "
+    console.print(table(f"tfprod optimize: {net.name} ({report.test_examples} test examples, "
                          f"float {report.metric} {report.reference:.2f})",
                          report.columns, report.rows))
     for name, note in report.notes:
@@ -74,7 +73,7 @@ def optimize(
                       highlight=False)
     console.print(f"[dim]variants in {out}" + (f"; plot {report.plot}" if report.plot else "")
                   + "[/]")
-    _write_json(json_path, report.to_json())
+    write_json(json_path, report.to_json())
 
 
 def predict(
@@ -92,19 +91,17 @@ def predict(
 
     Example: [bold]tfprod predict models/digits /tmp/digits/test --out predictions.jsonl[/]
     """
-    from tfprod.cli import _progress, _tf, _write_json, console
-
-    _tf()
+    tf()
     from tfprod.export.predict import predict as run_predict
 
-    with _progress() as p:
+    with progress() as p:
         task = p.add_task(f"predicting with {model.name}", total=None)
         result = run_predict(model, data, out, batch_size=batch_size, feature=feature,
                              progress=lambda n, total: p.update(task, completed=n, total=total))
     console.print(f"{result.examples} predictions (output {result.output_shape}) -> {out}; "
                   f"{result.examples_per_second:,.0f} examples/s ({result.seconds:.2f} s, "
                   f"{result.model_seconds:.2f} s in the model)", highlight=False)
-    _write_json(json_path, result.to_json())
+    write_json(json_path, result.to_json())
 
 
 def register(app: typer.Typer) -> None:

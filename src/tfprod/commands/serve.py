@@ -12,6 +12,8 @@ from datetime import datetime
 import typer
 from typer.core import TyperCommand
 
+from tfprod.console import err_console, tf
+
 BOOL_FLAGS = ("--enable_batching", "--enable_model_warmup")
 _TRUE, _FALSE = ("true", "1", "yes", "t", "y"), ("false", "0", "no", "f", "n")
 
@@ -43,8 +45,6 @@ class TfServingFlags(TyperCommand):
 
 
 def _log(message: str) -> None:
-    from tfprod.cli import err_console
-
     stamp = datetime.now().strftime("%H:%M:%S")
     err_console.print(f"[dim]{stamp}[/] {message}", highlight=False, soft_wrap=True)
 
@@ -104,9 +104,7 @@ def register(app: typer.Typer) -> None:
         Example: [bold]tfprod serve --model_name=digits --model_base_path=/models/digits
         --rest_api_port=8501 --enable_batching[/]
         """
-        from tfprod.cli import _tf
-
-        _tf()
+        tf()
         from tfprod.serve.server import ServerOptions, run
 
         options = ServerOptions(
