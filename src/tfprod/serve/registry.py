@@ -317,21 +317,34 @@ class ModelRegistry:
             raise not_found(f"Servable not found for request: Latest({name})")
         return route.latest
 
+    def hold(self, name: str, version: int | None = None, label: str | None = None
+             ) -> Servable:
+        """Like :meth:`get`, and holds the version until ``servable.release()``: an unload waits
+        for it. :meth:`acquire` is the same as a context manager.
+
+        Raises:
+            ServingError: as :meth:`get`; UNAVAILABLE when the version is unloaded meanwhile.
+        """
+        for _ in range(3):
+            servable = self.get(name, version, label)
+            if servable.hold():
+                return servable
+        raise unavailable(f"Model {name} is being reloaded; retry the request")
+
     @contextmanager
     def acquire(self, name: str, version: int | None = None,
                 label: str | None = None) -> Iterator[Servable]:
         """Like :meth:`get`, and holds the version for the whole request: an unload waits for
         it. Use it around everything a request does with the servable."""
-        for _ in range(3):
-            servable = self.get(name, version, label)
-            if servable.hold():
-                break
-        else:
-            raise unavailable(f"Model {name} is being reloaded; retry the request")
+        servable = self.hold(name, version, label)
         try:
             yield servable
         finally:
             servable.release()
+
+    def has_model(self, name: str) -> bool:
+        """Whether ``name`` is a configured model (no lock: one dictionary lookup)."""
+        return name in self._models
 
     def status(self, name: str, version: int | None = None,
                label: str | None = None) -> list[VersionStatus]:

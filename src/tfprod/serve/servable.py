@@ -295,7 +295,7 @@ class Servable:
         return self._get(name).info
 
     def submit(self, signature_name: str | None, inputs: dict[str, Any], *,
-               deadline: float | None = None) -> Future:
+               deadline: float | None = None, expected: bool = False) -> Future:
         """Check ``inputs`` against the signature and queue the call; returns its future.
 
         Inputs are converted to the signature's dtypes where that loses nothing (ints in range to
@@ -306,30 +306,49 @@ class Servable:
             signature_name: None or "" for ``serving_default``.
             inputs: input name -> numpy array (or anything ``np.asarray`` takes).
             deadline: ``time.monotonic()`` after which the request must not start.
+            expected: the caller announced the request with ``DynamicBatcher.expect()``
+                (front ends do; the announcement ends here even when this raises).
 
         Raises:
             ServingError: INVALID_ARGUMENT (unknown signature, missing / unexpected inputs, wrong
                 dtype or shape), RESOURCE_EXHAUSTED (queue full), UNAVAILABLE (unloaded).
         """
-        sig = self._get(signature_name)
-        arrays, size = sig.check(inputs)
+        return self._submit(self._executor.submit, signature_name, inputs, deadline, expected)
+
+    def submit_async(self, signature_name: str | None, inputs: dict[str, Any], *,
+                     deadline: float | None = None, expected: bool = False) -> Any:
+        """:meth:`submit` from an event loop's thread: returns an asyncio Future of that loop."""
+        return self._submit(self._executor.submit_async, signature_name, inputs, deadline,
+                            expected)
+
+    def _submit(self, submit: Any, signature_name: str | None, inputs: dict[str, Any],
+                deadline: float | None, expected: bool) -> Any:
+        try:
+            sig = self._get(signature_name)
+            arrays, size = sig.check(inputs)
+        except BaseException:
+            if expected:
+                self._executor.unexpect()
+            raise
         mergeable = self.batching and sig.batchable and size > 0
         key = (id(self), sig.info.name, mergeable,
                tuple(a.shape[1:] for a in arrays.values()) if mergeable and not
                self._executor.params.pad_variable_length_inputs else None)
         with self._lock:
-            if self._closed:
-                raise unavailable(f"Version {self.version} of model {self.name} was unloaded; "
-                                  "retry the request")
-            self._inflight += 1
+            closed = self._closed
+            if not closed:
+                self._inflight += 1
+        if closed:
+            if expected:
+                self._executor.unexpect()
+            raise unavailable(f"Version {self.version} of model {self.name} was unloaded; "
+                              "retry the request")
         try:
-            future = self._executor.submit(key, sig, arrays, size if mergeable else 1,
-                                           deadline=deadline, mergeable=mergeable)
+            return submit(key, sig, arrays, size if mergeable else 1, deadline=deadline,
+                          mergeable=mergeable, expected=expected, on_done=self._release)
         except BaseException:
             self._release()
             raise
-        future.add_done_callback(self._done)
-        return future
 
     def predict(self, signature_name: str | None, inputs: dict[str, Any], *,
                 deadline: float | None = None) -> dict[str, np.ndarray]:
@@ -364,9 +383,6 @@ class Servable:
         return self.predict(sig.name, {name: examples}, deadline=deadline)
 
     # ------------------------------------------------------------------------ lifecycle
-
-    def _done(self, _future: Future) -> None:
-        self._release()
 
     def _release(self) -> None:
         with self._lock:
