@@ -232,6 +232,11 @@ class DynamicBatcher:
         """Instances waiting in the queues now."""
         return self._pending
 
+    @property
+    def num_threads(self) -> int:
+        """The threads that run batches."""
+        return len(self._threads)
+
     # ------------------------------------------------------------------------ arrivals
 
     def expect(self) -> None:
