@@ -9,7 +9,9 @@ reads) beside ``saved_model.pb``, or instead of it. With the ``litert`` runtime
   ``serving_default``); inputs and outputs must match in name (or be one of each), dtype and
   rank;
 - absent: the SavedModel's predict signatures are converted when the version loads (float32,
-  nothing quantized: answers equal TensorFlow's up to float rounding);
+  nothing quantized: answers equal TensorFlow's up to float rounding), in a child process at
+  low CPU priority: TensorFlow's converter holds the GIL for up to seconds, which in the
+  server's process would stall every request in flight while a new version loads;
 - what does not convert or match (an op LiteRT lacks, string tensors, classify / regress
   signatures on tf.Examples) runs on TensorFlow; :func:`plan` says which and why, for the one
   line the server logs.
@@ -21,8 +23,12 @@ when the batch size changes.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import subprocess
+import sys
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -223,7 +229,7 @@ def plan(export_dir: str, signatures: Mapping[str, Any], *, tflite: bytes | None
         except (ValueError, RuntimeError) as e:
             return functions, {**left, **dict.fromkeys(wanted, f"{TFLITE_FILE}: {reason(e)}")}
     elif convert:
-        models, failed = _convert(export_dir, wanted, tags)
+        models, failed = _convert_in_child(export_dir, list(wanted), tags)
         left.update(failed)
     else:
         return functions, {**left, **dict.fromkeys(wanted, f"no {TFLITE_FILE}")}
@@ -315,6 +321,60 @@ def _same(a: Any, b: Any) -> bool:
     return a.method_name == b.method_name and a.inputs == b.inputs and a.outputs == b.outputs
 
 
+CONVERT_TIMEOUT_S = 600.0
+
+
+def _convert_in_child(export_dir: str, keys: list[str], tags: list[str] | None
+                      ) -> tuple[list[_Model], dict[str, str]]:
+    """:func:`_convert` in a child process (``python -m tfprod.serve.litert``), at low CPU
+    priority, so the converter neither holds this process's GIL nor takes its CPU first.
+
+    Raises:
+        RuntimeError: the child failed (its last line of output says why).
+    """
+    with tempfile.TemporaryDirectory(prefix="tfprod-litert-") as out:
+        command = [sys.executable, "-m", "tfprod.serve.litert", export_dir, out,
+                   json.dumps({"keys": keys, "tags": tags})]
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        done = subprocess.run(command, capture_output=True, text=True, env=env,
+                              stdin=subprocess.DEVNULL, timeout=CONVERT_TIMEOUT_S)
+        if done.returncode != 0:
+            lines = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
+            raise RuntimeError(f"the LiteRT conversion process failed (exit "
+                               f"{done.returncode}): {lines[-1][:300]}")
+        with open(os.path.join(out, "manifest.json"), encoding="utf-8") as f:
+            manifest = json.load(f)
+        models: list[_Model] = []
+        for item in manifest["models"]:
+            with open(os.path.join(out, item["file"]), "rb") as f:
+                content = f.read()
+            models.append((content, _signatures(content),
+                           tuple(tuple(pair) for pair in item["aliases"])))
+    return models, manifest["failed"]
+
+
+def _child(export_dir: str, out: str, spec: str) -> None:
+    """The conversion process: :func:`_convert`, the models and ``manifest.json`` to ``out``."""
+    from tfprod import runtime
+
+    os.nice(5)  # below the server's request path, without starving on a busy machine
+    runtime.configure(verbose=False)
+    from tfprod.serve.servable import read_meta_graph, signature_info
+
+    request = json.loads(spec)
+    defs = read_meta_graph(export_dir).signature_def
+    wanted = {k: signature_info(k, defs[k]) for k in request["keys"]}
+    models, failed = _convert(export_dir, wanted, request["tags"])
+    manifest: dict[str, Any] = {"models": [], "failed": failed}
+    for i, (content, _, aliases) in enumerate(models):
+        name = f"model-{i}.tflite"
+        with open(os.path.join(out, name), "wb") as f:
+            f.write(content)
+        manifest["models"].append({"file": name, "aliases": [list(a) for a in aliases]})
+    with open(os.path.join(out, "manifest.json"), "w", encoding="utf-8") as f:
+        json.dump(manifest, f)
+
+
 def signature_defs(content: bytes) -> dict[str, Any]:
     """SignatureDef protos of a LiteRT model, for a version folder without a SavedModel: each
     signature by its key (a single one as ``serving_default``, as TF Serving names it), method
@@ -336,3 +396,7 @@ def signature_defs(content: bytes) -> dict[str, Any]:
                     info.tensor_shape.dim.add(size=d)
         defs[served] = sigdef
     return defs
+
+
+if __name__ == "__main__":
+    _child(*sys.argv[1:4])
