@@ -351,9 +351,19 @@ CATEGORIES = (
     ("httptools/", "", "HTTP (uvicorn + httptools)"),
 )
 EVENT_LOOP = "event loop (uvloop: sockets, scheduling)"
+IDLE = "waiting"
+#: Leaf frames of a thread that waits (py-spy --nonblocking samples them too).
+_WAITS = ("Condition.wait (threading.py", "Event.wait (threading.py", "Thread.join (",
+          "Queue.get (queue.py", "_worker (concurrent/futures/thread.py", "select (selectors",
+          "poll (selectors")
 
 
 def _category(frames: list[str]) -> str:
+    leaf = frames[-1] if frames else ""
+    if any(leaf.startswith(w) for w in _WAITS):
+        return IDLE
+    if not frames or "asyncio/runners.py" in leaf or "asyncio/base_events.py" in leaf:
+        return EVENT_LOOP  # uvloop's C code: socket reads and writes, callbacks, epoll
     for text in reversed(frames):
         match = _FRAME.match(text)
         if match is None:
@@ -362,25 +372,28 @@ def _category(frames: list[str]) -> str:
         for part, prefix, name in CATEGORIES:
             if part in path and fn.startswith(prefix):
                 return name
-    leaf = frames[-1] if frames else ""
-    return EVENT_LOOP if "runners.py" in leaf or "base_events.py" in leaf or not frames \
-        else "other"
+    return "other"
 
 
 def profile_breakdown(raw: str) -> dict:
-    """Shares of the samples by thread and by :data:`CATEGORIES`, from collapsed stacks."""
+    """Shares of the samples by thread and by :data:`CATEGORIES`, from collapsed stacks;
+    samples of waiting threads count in ``idle`` only, not in the shares."""
     threads: collections.Counter = collections.Counter()
     kinds: collections.Counter = collections.Counter()
-    total = 0
+    total = idle = 0
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
         n = int(count)
-        total += n
         thread, *frames = stack.split(";")
+        kind = _category(frames)
+        if kind == IDLE:
+            idle += n
+            continue
+        total += n
         threads[_THREAD.sub("", thread).split(" ")[0] or thread] += n
-        kinds[_category(frames)] += n
-    return {"samples": total,
+        kinds[kind] += n
+    return {"samples": total, "idle_samples": idle,
             "threads": {k: v / total for k, v in threads.most_common()} if total else {},
             "categories": {k: v / total for k, v in kinds.most_common()} if total else {}}
