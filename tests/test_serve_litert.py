@@ -214,6 +214,23 @@ def test_a_version_folder_with_only_model_tflite(digits_cnn, tmp_path):
                                    digits_cnn.model.predict(x, verbose=0), atol=1e-5)
 
 
+def test_a_failed_conversion_process_leaves_the_version_on_tensorflow(store, tmp_path,
+                                                                      monkeypatch):
+    def crashed(*args, **kwargs):
+        raise RuntimeError("the LiteRT conversion process failed (exit -9): Killed")
+
+    monkeypatch.setattr(litert, "_convert_in_child", crashed)
+    base = tmp_path / "m"
+    shutil.copytree(store / "v2", base / "1")
+    with _registry(ModelSpec("m", str(base)), runtime="litert") as r:
+        s = r.get("m")
+        assert s.runtimes == {"serving_default": "tensorflow"}
+        assert s.fallback == ("serving_default: the LiteRT conversion process failed (exit -9): "
+                              "Killed")
+        np.testing.assert_allclose(s.predict(None, {"x": X, "n": np.array([1, 2])})["y"],
+                                   X * 2.0 + 0.5)
+
+
 def test_version_swap_under_load_with_litert(store, tmp_path):
     base = tmp_path / "m"
     shutil.copytree(store / "v1", base / "1")

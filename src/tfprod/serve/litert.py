@@ -229,7 +229,10 @@ def plan(export_dir: str, signatures: Mapping[str, Any], *, tflite: bytes | None
         except (ValueError, RuntimeError) as e:
             return functions, {**left, **dict.fromkeys(wanted, f"{TFLITE_FILE}: {reason(e)}")}
     elif convert:
-        models, failed = _convert_in_child(export_dir, list(wanted), tags)
+        try:
+            models, failed = _convert_in_child(export_dir, list(wanted), tags)
+        except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as e:
+            return functions, {**left, **dict.fromkeys(wanted, str(e))}
         left.update(failed)
     else:
         return functions, {**left, **dict.fromkeys(wanted, f"no {TFLITE_FILE}")}
