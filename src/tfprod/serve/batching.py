@@ -105,7 +105,11 @@ def _resolve(items: list[tuple[Any, Any, BaseException | None]]) -> None:
 def _deliver(tasks: Sequence[_Task], results: Sequence[Any] | None,
              error: BaseException | None = None) -> None:
     """Resolve each task's future with its result (or ``error``): concurrent futures now,
-    asyncio ones with one ``call_soon_threadsafe`` per event loop."""
+    asyncio ones with one ``call_soon_threadsafe`` per event loop. Each task's ``on_done`` runs
+    first, so a caller holding its answer knows the request has left the batcher."""
+    for t in tasks:
+        if t.on_done is not None:
+            t.on_done()
     by_loop: dict[Any, list] = {}
     for i, t in enumerate(tasks):
         result = None if results is None else results[i]
@@ -120,9 +124,6 @@ def _deliver(tasks: Sequence[_Task], results: Sequence[Any] | None,
         # A closed loop raises RuntimeError: nobody waits for these answers any more.
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(_resolve, items)
-    for t in tasks:
-        if t.on_done is not None:
-            t.on_done()
 
 
 def _pad_to(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -439,7 +440,7 @@ class DynamicBatcher:
                 f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}")
             _deliver(batch, None, error)
             return
-        _deliver(batch, results)
-        if self.metrics is not None:
+        if self.metrics is not None:  # before the answers: a client then sees its batch
             self.metrics.record_batch([start - t.enqueued for t in batch],
                                       [t.size for t in batch], total, target, pool=self.name)
+        _deliver(batch, results)
