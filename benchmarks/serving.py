@@ -591,6 +591,12 @@ def targets(results: dict) -> list[dict]:
     cpu = _ratio(results, 64, "batching", "noop", "c64", "cpu_us")
     add("64 numbers, c=64: batching CPU per request / no-op", cpu, "<= 1.3",
         cpu is not None and cpu <= 1.3)
+    for other, bound in (("fastapi", 4.0), ("flask", 100.0)):  # the first serving targets
+        for payload in results["payloads"]:
+            r = _ratio(results, payload, "batching", other, "c64")
+            if r is not None:
+                add(f"{payload:,} numbers, c=64: batching req/s / {other}", r, f">= {bound:g}",
+                    r >= bound)
     for name, swap in (results.get("swaps") or {}).items():
         done = swap["completed"]
         add(f"swap under load ({name}): failed requests", swap["failed"], "0",
