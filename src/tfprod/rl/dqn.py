@@ -266,6 +266,8 @@ class DQN:
         """
         c = self.config
         run = RunFolder(run_dir) if run_dir is not None else None
+        if run is not None and not run.exists():
+            self.save_meta(run.path)
         writer = run.writer() if run is not None else None
         stop = c.steps if until is None else min(until, c.steps)
         start, start_steps = time.perf_counter(), self.env_steps
