@@ -156,8 +156,7 @@ def evaluate(
 
     folder = RunFolder(run)
     meta = folder.read_meta()
-    if which not in ("best", "final"):
-        raise TfprodError(f"--which {which}; expected best or final")
+    folder.model_path(which)
     if episodes < 1:
         raise TfprodError(f"--episodes {episodes}; expected at least 1")
     _threads(1)
@@ -180,7 +179,8 @@ def evaluate(
         from PIL import Image
 
         render_gif.parent.mkdir(parents=True, exist_ok=True)
-        images = [Image.fromarray(f) for f in frames[::2]]
+        # Every other frame at half size: a 500-step episode stays a few MB.
+        images = [Image.fromarray(f).reduce(2) for f in frames[::2]]
         images[0].save(render_gif, save_all=True, append_images=images[1:], duration=40,
                        loop=0)
         err_console.print(f"[dim]wrote {render_gif} ({len(images)} frames)[/]")
@@ -201,9 +201,9 @@ def export(
     """
     from tfprod.rl.run import RunFolder
 
-    RunFolder(run).read_meta()
-    if which not in ("best", "final"):
-        raise TfprodError(f"--which {which}; expected best or final")
+    folder = RunFolder(run)
+    folder.read_meta()
+    folder.model_path(which)
     _threads(1)
     from tfprod.console import progress
     from tfprod.rl.export import export_policy

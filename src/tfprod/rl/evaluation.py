@@ -8,6 +8,7 @@ final figure is not the maximum of the noise that picked the kept weights.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 
 import gymnasium as gym
@@ -51,6 +52,11 @@ def evaluate(q_values: Callable[[np.ndarray], np.ndarray], env_id: str, *, episo
         action_start: the Discrete space's ``start``.
         frames: if given, RGB frames of the first episode are appended to it.
     """
+    if frames is not None:
+        # Off-screen rendering: pygame would otherwise look for a display and a sound server
+        # and print an error line where there is none.
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+        os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
     env = gym.make(env_id, render_mode="rgb_array" if frames is not None else None)
     returns, lengths = [], []
     try:

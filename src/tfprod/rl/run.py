@@ -94,14 +94,20 @@ class RunFolder:
         best.set_weights(best_weights)
         best.save(self.path / BEST)
 
+    def model_path(self, which: str = "best") -> Path:
+        """``best.keras`` or ``final.keras``; raises if the run has not written it yet."""
+        if which not in ("best", "final"):
+            raise TfprodError(f"which={which!r}; expected 'best' (the kept weights) or 'final'")
+        path = self.path / (BEST if which == "best" else FINAL)
+        if not path.is_file():
+            raise TfprodError(f"{self.path} has no {path.name}; the run has not finished: "
+                              "resume it with `tfprod rl train --resume`")
+        return path
+
     def load_model(self, which: str = "best") -> Any:
         """The run's Q-network (``best`` or ``final``)."""
         import keras
 
         import tfprod.rl.layers  # noqa: F401 - registers DuelingHead / GreedyAction
 
-        path = self.path / (BEST if which == "best" else FINAL)
-        if not path.is_file():
-            raise TfprodError(f"{self.path} has no {path.name}; the run has not finished: "
-                              "resume it with `tfprod rl train --resume`")
-        return keras.saving.load_model(path)
+        return keras.saving.load_model(self.model_path(which))
