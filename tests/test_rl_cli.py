@@ -147,3 +147,9 @@ def test_bad_input_gets_one_line_each(tmp_path):
     fails("rl", "train", "--out", str(run),
           match="already holds a run (CartPole-v1, seed 0); add --resume")
     fails("rl", "eval", str(tmp_path / "missing"), match="no such run folder")
+
+
+@pytest.mark.parametrize("verb", ["train", "eval", "export"])
+def test_every_rl_verb_has_help_with_an_example(verb):
+    out = _tfprod("rl", verb, "--help")
+    assert out.returncode == 0 and "Example:" in out.stdout

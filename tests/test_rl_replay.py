@@ -8,8 +8,9 @@ import pytest
 
 from tfprod.errors import TfprodError
 from tfprod.rl.config import PRESETS, read_config_file, resolve
+from tfprod.rl.nstep import NStepCollector
 from tfprod.rl.prioritized import PrioritizedReplayBuffer, SumTree
-from tfprod.rl.replay import NStepCollector, ReplayBuffer, action_dtype
+from tfprod.rl.replay import ReplayBuffer, action_dtype
 from tfprod.rl.schedule import LinearSchedule
 from tfprod.rl.statistics import RunningStats
 

@@ -72,6 +72,20 @@ def _result_table(result: Any, run: Path) -> None:
                         ["what", "value"], rows))
 
 
+def _settings_table(config: Any) -> None:
+    from tfprod.rl.config import DQNConfig
+
+    defaults = DQNConfig().to_json()
+    values = config.to_json()
+    rows = [[k, v if k != "hidden" else ", ".join(map(str, v)),
+             "" if v == defaults[k] else "*"] for k, v in values.items()]
+    half = (len(rows) + 1) // 2
+    merged = [a + (b if b else ["", "", ""]) for a, b in
+              zip(rows[:half], rows[half:] + [None] * (2 * half - len(rows)), strict=True)]
+    console.print(table("DQN settings (* differs from the defaults)",
+                        ["setting", "value", "", "setting", "value", ""], merged))
+
+
 def train(
     env: str = typer.Option("CartPole-v1", help="A gymnasium id with a Discrete action space."),
     steps: int | None = typer.Option(None, help="Env steps (default: the preset's)."),
@@ -127,6 +141,7 @@ def train(
     else:
         agent = DQN(env, cfg, seed=seed)
         agent.save_meta(out)
+    _settings_table(agent.config)
     total = agent.config.steps
     with _progress_bar() as bar:
         task = bar.add_task(f"DQN {env}", total=total, completed=agent.env_steps, ret="-",

@@ -26,7 +26,7 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "Evaluation": "evaluation",
     "GreedyAction": "layers",
     "LinearSchedule": "schedule",
-    "NStepCollector": "replay",
+    "NStepCollector": "nstep",
     "NumpyQ": "network",
     "PRESETS": "config",
     "PrioritizedReplayBuffer": "prioritized",

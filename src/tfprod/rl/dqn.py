@@ -39,8 +39,9 @@ from tfprod.rl.envs import EnvSpec, env_spec, env_state, make_vector_env, restor
 from tfprod.rl.evaluation import EVAL_SEED_OFFSET, FINAL_SEED_OFFSET, Evaluation, evaluate
 from tfprod.rl.learner import QLearner
 from tfprod.rl.network import build_q_network, make_actor
+from tfprod.rl.nstep import NStepCollector
 from tfprod.rl.prioritized import PrioritizedReplayBuffer
-from tfprod.rl.replay import NStepCollector, ReplayBuffer
+from tfprod.rl.replay import ReplayBuffer
 from tfprod.rl.run import RunFolder
 from tfprod.rl.schedule import LinearSchedule
 from tfprod.rl.statistics import RunningStats
@@ -430,8 +431,8 @@ class DQN:
                               f"with --env {meta['env']} or train {env_id} in a new folder")
         path = ckpt.latest_checkpoint(run.checkpoints)
         if path is None:
-            raise TfprodError(f"{run.path} has no checkpoint to resume from; train without "
-                              "--resume to start it again")
+            raise TfprodError(f"{run.path} has no checkpoint to resume from (the run stopped "
+                              "before its first one); delete the folder or train into a new one")
         arrays, state = ckpt.load_checkpoint(path)
         from tfprod.rl.config import from_dict
 
