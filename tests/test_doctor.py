@@ -362,3 +362,55 @@ def test_the_public_surface_exists():
     assert {"diagnose", "DoctorReport", "Finding", "load_model", "load_data"} <= set(
         doctor.__all__)
     assert all(hasattr(doctor, name) for name in doctor.__all__)
+
+
+@pytest.mark.parametrize("schedule", [
+    keras.optimizers.schedules.ExponentialDecay(1e-2, decay_steps=10, decay_rate=0.5),
+    keras.optimizers.schedules.CosineDecay(1e-3, decay_steps=500, warmup_target=1e-2,
+                                           warmup_steps=50),
+    keras.optimizers.schedules.PiecewiseConstantDecay([100, 300], [1e-2, 1e-3, 1e-6]),
+])
+def test_the_schedule_is_read_in_one_call_as_step_by_step(schedule):
+    """Equivalence: the vectorized read of a schedule equals calling it at each step."""
+    from tfprod.doctor.learning_rate import _schedule_at
+
+    steps = np.array([0, 1, 9, 10, 49, 50, 51, 99, 100, 101, 299, 300, 301, 700, 10**6])
+    one_by_one = np.array([float(schedule(int(s))) for s in steps])
+    np.testing.assert_allclose(_schedule_at(schedule, steps), one_by_one, rtol=1e-6)
+
+
+def test_the_schedule_check_finds_the_step_where_it_fades(digits):
+    from tfprod.doctor.learning_rate import check_lr_schedule
+
+    # Warm-up to 1e-2 over 50 steps, then cosine to 0 over 100 more: below 1% at step ~144,
+    # within 5 epochs of the digits (45 batches each).
+    schedule = keras.optimizers.schedules.CosineDecay(0.0, decay_steps=100, warmup_target=1e-2,
+                                                      warmup_steps=50)
+    probe = build_probe(mlp(optimizer=keras.optimizers.Adam(schedule)), batches(*digits))
+    found, ran = check_lr_schedule(probe)
+    assert ran and found[0].values["peak_step"] == 50
+    step = found[0].values["floor_step"]
+    assert 140 < step < 148 and float(schedule(step)) <= 1e-4 < float(schedule(step - 1))
+    assert f"{probe.steps_per_epoch} batches" in found[0].evidence
+
+
+def test_batch_purity_and_spread_on_known_batches():
+    from tfprod.doctor.batch_order import _purity, _spread
+
+    labels = np.array([0, 0, 0, 1, 1, 1, 0, 1])
+    assert _purity(labels, [3, 3, 2]) == pytest.approx((1 + 1 + 0.5) / 3)
+    targets = np.array([0.0, 2.0, 10.0, 10.0])
+    assert _spread(targets, [2, 2]) == pytest.approx(0.5)
+
+
+def test_leakage_ignores_imbalance_and_finds_a_discrete_copy(zoo):
+    from tfprod.doctor.leakage import check_leakage
+
+    x, y = zoo.rare  # 98:2: a constant guess agrees with its neighbour 96% of the time
+    probe = build_probe(dense(6, 1, "sigmoid", "binary_crossentropy"), batches(x, y))
+    found, ran = check_leakage(probe)
+    assert ran and not found
+    leaked = np.concatenate([x, y[:, None]], axis=1)
+    probe = build_probe(dense(7, 1, "sigmoid", "binary_crossentropy"), batches(leaked, y))
+    found, _ = check_leakage(probe)
+    assert list(found[0].values["columns"]) == ["x[:, 6]"]
