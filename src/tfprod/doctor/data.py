@@ -183,8 +183,11 @@ def column_scales(probe: Probe, *, skip_int: bool = False) -> list[ColumnScale]:
     for name, a in named:
         if a.dtype.kind not in "biuf" or (skip_int and a.dtype.kind in "biu"):
             continue
-        a = np.asarray(a[index])
         image = a.ndim >= 3
+        if image:  # a few images give plenty of values per channel
+            per_example = max(1, int(np.prod(a.shape[1:-1])))
+            index = index[:max(16, _SCALE_VALUES // per_example)]
+        a = np.asarray(a[index])
         cols = a.reshape(len(a), 1) if a.ndim == 1 else a.reshape(-1, a.shape[-1])
         if len(cols) > _SCALE_VALUES // max(1, cols.shape[1]):
             keep = max(64, _SCALE_VALUES // max(1, cols.shape[1]))

@@ -34,6 +34,7 @@ Z = 3.0
 MIN_EXAMPLES = 30
 MAX_EXAMPLES = 1000
 _PROJECTIONS = 64
+_MAX_COLUMNS = 4096
 
 
 def _digests(x: Any, n: int) -> list[bytes]:
@@ -68,9 +69,24 @@ def check_overlap(probe: Probe, vx: Any, vy: Any) -> tuple[list[Finding], bool]:
         values)], True
 
 
-def _flat(x: Any, index: np.ndarray) -> np.ndarray | None:
-    parts = [np.asarray(a[index], np.float64).reshape(len(index), -1)
-             for a in tf.nest.flatten(x) if a.dtype.kind in "biuf"]
+def _columns(x: Any, rng) -> list[np.ndarray | None]:
+    """Per input, the flattened columns to compare (a random subset of very wide inputs)."""
+    leaves = [a for a in tf.nest.flatten(x) if a.dtype.kind in "biuf"]
+    width = sum(int(np.prod(a.shape[1:])) for a in leaves)
+    out = []
+    for a in leaves:
+        d = int(np.prod(a.shape[1:]))
+        keep = d if width <= _MAX_COLUMNS else max(1, _MAX_COLUMNS * d // width)
+        out.append(None if keep >= d else np.sort(rng.choice(d, keep, replace=False)))
+    return out
+
+
+def _flat(x: Any, index: np.ndarray, columns: list[np.ndarray | None]) -> np.ndarray | None:
+    leaves = [a for a in tf.nest.flatten(x) if a.dtype.kind in "biuf"]
+    parts = []
+    for a, cols in zip(leaves, columns, strict=True):
+        flat = np.asarray(a[index]).reshape(len(index), -1)
+        parts.append((flat if cols is None else flat[:, cols]).astype(np.float64))
     return np.concatenate(parts, axis=1) if parts else None
 
 
@@ -148,7 +164,10 @@ def check_shift(probe: Probe, vx: Any, vy: Any) -> tuple[list[Finding], bool]:
         return [], False
     t_index = np.sort(rng.choice(t_index, m, replace=False))
     v_index = np.sort(rng.choice(v_index, m, replace=False))
-    tx, vxf = _flat(probe.x, t_index), _flat(vx, v_index)
+    columns = _columns(probe.x, rng)
+    if len(columns) != len([a for a in tf.nest.flatten(vx) if a.dtype.kind in "biuf"]):
+        return [], False
+    tx, vxf = _flat(probe.x, t_index, columns), _flat(vx, v_index, columns)
     if tx is None or vxf is None:
         return [], False
     tz, vz = _features(tx, vxf, rng)
