@@ -143,6 +143,7 @@ def test_over_regularization_names_what_to_switch_off(digits):
     assert found.check == "regularization"
     assert "'drop_in'" in found.evidence and "'drop_hidden'" in found.evidence
     assert found.values["without"]["loss_after"] < 0.2 * found.values["without"]["loss_before"]
+    assert "overfit_batch" not in report.passed and "regularization" not in report.passed
     assert [layer.rate for layer in model.layers if isinstance(layer, keras.layers.Dropout)] == [
         0.9, 0.9]  # switched back on
 

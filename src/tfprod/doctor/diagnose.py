@@ -301,3 +301,6 @@ def _quick(run: _Run, probe: Probe, validation) -> None:
                   kinds=("learning_rate",), not_applicable="no layer has a gradient")
         run.check("overfit one batch", lambda: check_overfit(probe),
                   kinds=("overfit_batch", "regularization"))
+        if any(f.check == "regularization" for f in run.findings) and (
+                "overfit_batch" in run.passed):
+            run.passed.remove("overfit_batch")  # it failed; the regularization finding says why
