@@ -51,9 +51,8 @@ def check_batch_order(probe: Probe) -> tuple[list[Finding], bool]:
     task = probe.task
     if not isinstance(y, np.ndarray) or y.dtype.kind not in "biuf":
         return [], False
-    sizes = [s for s in probe.batch_sizes[:MAX_BATCHES]]
+    sizes = [s for s in probe.batch_sizes[:MAX_BATCHES] if s > 0]
     n = min(int(sum(sizes)), len(y))
-    sizes = [s for s in sizes if s > 0]
     if len([s for s in sizes if s >= 2]) < MIN_BATCHES:
         return [], False
     y = y[:n].reshape(n, -1)
