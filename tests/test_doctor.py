@@ -415,3 +415,13 @@ def test_leakage_ignores_imbalance_and_finds_a_discrete_copy(zoo):
     probe = build_probe(dense(7, 1, "sigmoid", "binary_crossentropy"), batches(leaked, y))
     found, _ = check_leakage(probe)
     assert list(found[0].values["columns"]) == ["x[:, 6]"]
+
+
+def test_the_docs_list_every_check():
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).parent.parent / "docs" / "doctor.md").read_text()
+    rows = re.findall(r"^\| `(\w+)` \| (.+?) \|", text, flags=re.M)
+    assert [name for name, _ in rows] == list(CHECKS)  # in ranking order, each once
+    assert all(len(failure) > 20 for _, failure in rows)
