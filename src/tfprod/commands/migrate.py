@@ -11,6 +11,9 @@ from tfprod.commands import group
 from tfprod.console import console, progress, table, tf, write_json, write_text
 from tfprod.errors import TfprodError
 
+#: ``tfprod bench graph`` modes (checked before TensorFlow loads; see graph_bench.MODES).
+_MODES = ("session", "session_nofeed", "eager", "function", "xla")
+
 
 def _names(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
@@ -31,9 +34,10 @@ def code(
 
     Example: [bold]tfprod migrate code legacy/ --out migrated/ --report migration.md[/]
     """
-    from tfprod.migrate.code import check_paths
+    from tfprod.migrate.code import check_paths, read_sources
 
     check_paths(src, out, report=report, overwrite=overwrite)  # bad input before TF loads
+    read_sources(src)
     tf()
     from tfprod.migrate.code import migrate_code
 
@@ -156,13 +160,13 @@ def bench_graph(
 
     Example: [bold]tfprod bench graph --workload mlp --batch 32 --hidden 64 --repeats 3[/]
     """
+    chosen = _names(modes) or []
+    if any(m not in _MODES for m in chosen) or not chosen:
+        raise TfprodError(f"--modes {modes!r}; expected a comma-separated subset of "
+                          f"{','.join(_MODES)}")
     tf()
     from tfprod.migrate.graph_bench import MODES, bench_graph, make_problem
 
-    chosen = _names(modes) or []
-    if any(m not in MODES for m in chosen) or not chosen:
-        raise TfprodError(f"--modes {modes!r}; expected a comma-separated subset of "
-                          f"{','.join(MODES)}")
     problem = make_problem(workload, batch=batch, hidden=hidden, time_steps=time_steps)
     with progress() as p:
         task = p.add_task("building graphs, tracing, compiling", total=None)

@@ -31,6 +31,7 @@ from tfprod.migrate.tf1_graph import (
     Tf1Source,
     detect_source,
     run_in_subprocess,
+    run_source,
     savedmodel_meta_graph,
     signature_tensors,
 )
@@ -164,6 +165,7 @@ def check_migration(
     atol: float = 1e-5,
     rtol: float = 0.0,
     seed: int = 0,
+    in_subprocess: bool = True,
 ) -> CheckReport:
     """Runs the TF1 model and the migrated one on the same inputs and compares every output.
 
@@ -178,6 +180,9 @@ def check_migration(
         batch: examples to generate.
         atol, rtol: the tolerance, ``|migrated - tf1| <= atol + rtol * |tf1|``.
         seed: seed of the generated inputs.
+        in_subprocess: run the TF1 model in a child process (default), or in this process
+            inside its own ``tf.Graph`` (faster; only for graph functions that do not change
+            global TensorFlow state, e.g. by disabling eager execution when imported).
 
     Raises:
         TfprodError: a migrated model or TF1 model that cannot be read, inputs that do not fit
@@ -227,7 +232,8 @@ def check_migration(
     else:
         feeds, inputs_from = read_inputs(inputs, specs), os.fspath(inputs)
     got = {k: v.numpy() for k, v in fn(**{k: tf.constant(v) for k, v in feeds.items()}).items()}
-    want = run_in_subprocess(source, tensors["inputs"], tensors["outputs"], feeds)
+    run = run_in_subprocess if in_subprocess else run_source
+    want = run(source, tensors["inputs"], tensors["outputs"], feeds)
     outputs = [compare(k, tensors["outputs"][k], got[k], want[k], atol=atol, rtol=rtol)
                for k in tensors["outputs"]]
     examples = len(next(iter(feeds.values()))) if feeds and next(

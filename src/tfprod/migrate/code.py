@@ -194,6 +194,16 @@ def _sources(src: Path) -> tuple[list[Path], list[Path]]:
     return python, other
 
 
+def read_sources(src: Path) -> tuple[dict[Path, tuple[str, str]], list[Path]]:
+    """Every Python file under ``src`` read and parsed ({relative path: (text, encoding)}),
+    and the other files; raises TfprodError on the first file that is not Python 3."""
+    python, other = _sources(src)
+    if not python:
+        raise TfprodError(f"SRC {src} holds no Python (.py) files; nothing to migrate")
+    base = src if src.is_dir() else src.parent
+    return {rel: _read_python(base / rel, str(base / rel)) for rel in python}, other
+
+
 def _publish(staging: Path, dst: Path) -> None:
     """Renames ``staging`` to ``dst``; an existing ``dst`` is moved aside first and removed."""
     old = None
@@ -243,11 +253,8 @@ def migrate_code(src: str | os.PathLike, dst: str | os.PathLike, *,
     src, dst = Path(src), Path(dst)
     check_paths(src, dst, report=Path(report_path) if report_path else None,
                 overwrite=overwrite)
-    python, other = _sources(src)
-    if not python:
-        raise TfprodError(f"SRC {src} holds no Python (.py) files; nothing to migrate")
-    base = src if src.is_dir() else src.parent
-    texts = {rel: _read_python(base / rel, str(base / rel)) for rel in python}
+    texts, other = read_sources(src)
+    python = list(texts)
     outputs: dict[Path, tuple[str, str]] = {}
     reports = []
     for i, rel in enumerate(python):
