@@ -49,6 +49,8 @@ def code(
     if result.findings:
         console.print(table(f"tfprod migrate code: {src} -> {out}", result.COLUMNS,
                             result.rows()))
+        for line in result.legend():
+            console.print(f"[dim]{escape(line)}[/]", highlight=False)
     console.print(result.summary, highlight=False)
     if report is not None:
         if report.suffix == ".json":

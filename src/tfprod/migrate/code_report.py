@@ -6,13 +6,25 @@ import dataclasses
 from typing import Any
 
 from tfprod.migrate.finding import ACTIONS, ADVICE, AUTO, MANUAL, Finding
-from tfprod.migrate.rules import KERAS, RULES, TF_UPGRADE_V2
+from tfprod.migrate.rules import KERAS, KERAS_WHY, RULES, TF_UPGRADE_V2
 from tfprod.migrate.upgrade import UpgradeLog
 
 #: Rule id -> what it covers, for the legend of reports.
 RULE_TITLES = {**{r.id: r.title for r in RULES.values()},
                KERAS: "tf.compat.v1.keras / Keras 2 names and arguments",
                TF_UPGRADE_V2: "a manual check tf_upgrade_v2 itself asks for"}
+
+
+#: Rule id -> what happens on TF 2.21 and why, in one line.
+RULE_LEGEND = {
+    **{r.id: f"{r.what.format(symbol=r.title)}; {r.why}" for r in RULES.values()},
+    KERAS: f"a name or argument Keras 3 does not have, or tf.compat.v1.keras: {KERAS_WHY}",
+    TF_UPGRADE_V2: "a manual check that tf_upgrade_v2 itself asks for (its message is shown)",
+}
+
+
+def _clip(text: str, n: int = 60) -> str:
+    return text if len(text) <= n else text[:n - 1] + "…"
 
 
 @dataclasses.dataclass
@@ -78,10 +90,17 @@ class CodeReport:
                 f"({len(self.findings)} findings: {counts})")
 
     def rows(self) -> list[list[str]]:
-        """Table rows: where, rule, how, what breaks, TF2 replacement."""
-        return [[f.where, f.rule, f.action, f.what, f.replacement] for f in self.findings]
+        """Table rows: where, rule, how, the API, TF2 replacement (what happens and why: see
+        :meth:`legend`, one line per rule, and the Markdown/JSON reports)."""
+        return [[f.where, f.rule, f.action, f.symbol or _clip(f.what), f.replacement]
+                for f in self.findings]
 
-    COLUMNS = ["where", "rule", "how", "what happens on TF 2.21", "TF2 replacement"]
+    COLUMNS = ["where", "rule", "how", "API", "TF2 replacement"]
+
+    def legend(self) -> list[str]:
+        """What happens on TF 2.21, and why, for each rule with findings."""
+        return [f"{rule}: {RULE_LEGEND[rule]}" for rule in sorted({f.rule for f in self.findings})
+                if rule in RULE_LEGEND]
 
     def to_json(self) -> dict[str, Any]:
         return {"src": self.src, "dst": self.dst, "summary": self.summary,

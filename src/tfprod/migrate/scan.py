@@ -154,11 +154,10 @@ class _Scanner:
                   call: ast.Call | None) -> None:
         obj, reason = keras_api.lookup(name)
         if obj is None:
-            if ".optimizers.legacy." in name and isinstance(node, ast.Attribute):
+            legacy = node.value if isinstance(node, ast.Attribute) else None
+            if ".optimizers.legacy." in name and isinstance(legacy, ast.Attribute):
                 target = name.replace(".optimizers.legacy.", ".optimizers.")
-                if keras_api.lookup(target)[0] is not None:
-                    legacy = node.value  # `<...>.optimizers.legacy`
-                    assert isinstance(legacy, ast.Attribute)
+                if keras_api.lookup(target)[0] is not None:  # `<...>.optimizers.legacy.X`
                     new_symbol = f"{self.src.segment(legacy.value)}.{node.attr}"
                     self.edits.append(self.src.replace(legacy, self.src.segment(legacy.value)))
                     self.add(node, KERAS, symbol, f"`{symbol}` raises ImportError: "

@@ -98,6 +98,10 @@ def detect_source(path: str | os.PathLike, *, graph_fn: str | None = None,
     """
     path = os.path.abspath(os.fspath(path))
     tags = tuple(tags)
+    if graph_fn is not None:  # a file path in it must survive a change of directory (check)
+        target, sep, name = graph_fn.rpartition(":")
+        if sep and target.endswith(".py"):
+            graph_fn = f"{os.path.abspath(target)}:{name}"
     if not os.path.exists(path) and not os.path.exists(path + ".index"):
         raise TfprodError(f"{path} does not exist; expected a TF1 SavedModel folder, a frozen "
                           "GraphDef (.pb) or a checkpoint prefix")
