@@ -30,11 +30,10 @@ from tfprod.migrate.tf1_graph import (
     SAVEDMODEL,
     Tf1Source,
     detect_source,
-    run_in_subprocess,
-    run_source,
     savedmodel_meta_graph,
     signature_tensors,
 )
+from tfprod.migrate.tf1_run import run_in_subprocess, run_source
 
 
 @dataclasses.dataclass(frozen=True)
