@@ -82,3 +82,11 @@ def digits_cnn(tmp_path_factory):
     path = tmp_path_factory.mktemp("digits_cnn") / "digits_cnn.keras"
     model.save(path)
     return TrainedDigits(model, str(path), train, test, accuracy)
+
+
+@pytest.fixture(scope="session")
+def own_tables(tmp_path_factory):
+    """The user's own tables (tests/tables.py): name -> {"csv": path, "tfrecord": folder}."""
+    from tables import write_tables
+
+    return write_tables(tmp_path_factory.mktemp("tables"))

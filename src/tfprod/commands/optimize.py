@@ -79,7 +79,8 @@ def optimize(
 def predict(
     model: Path = typer.Argument(..., help=".keras file, SavedModel folder (or TF Serving base "
                                            "folder: newest version) or .tflite file."),
-    data: Path = typer.Argument(..., help=".npy array, image folder or TFRecord folder."),
+    data: Path = typer.Argument(..., help=".npy array, image folder, TFRecord folder or .csv "
+                                          "(a model trained on CSV columns)."),
     out: Path = typer.Option(..., help="Predictions file: .npy, .csv or .jsonl."),
     batch_size: int = typer.Option(256, help="Examples per model call."),
     feature: str | None = typer.Option(None, help="Input feature of a TFRecord folder."),
