@@ -4,8 +4,8 @@ TFRecord folders (nothing is downloaded).
 - ``wine`` (178 rows, 13 features): 3 classes, integer labels 0..2.
 - ``wine_names``: the same rows with the class names "barolo", "grignolino", "barbera".
 - ``cancer`` (569 rows, the first 10 features): 2 classes.
-- ``digits12`` (720 rows, 64 pixels): 12 classes, the digits 0..9 and two made by mirroring
-  ones and sevens (classes 10 and 11).
+- ``digits12`` (720 rows, 16 pixels: the 8x8 digits pooled to 4x4): 12 classes, the digits
+  0..9 and two made by mirroring ones and sevens (classes 10 and 11).
 - ``diabetes`` (442 rows, 10 features): a regression target of 25..346.
 
 Each table is ``NAME.csv`` (features ``f0..``, then ``label``) and ``NAME_tfr/`` (one float32
@@ -40,11 +40,12 @@ def tables() -> dict[str, tuple[np.ndarray, np.ndarray]]:
         mirrored = xs[source].reshape(-1, 8, 8)[:, :, ::-1].reshape(-1, 64)
         xs.append(mirrored)
         ys.append(np.full(len(mirrored), cls))
+    pixels = np.concatenate(xs).reshape(-1, 4, 2, 4, 2).sum(axis=(2, 4))  # 16 columns, not 64
     return {
         "wine": (wine.data, wine.target),
         "wine_names": (wine.data, np.array(NAMES)[wine.target]),
         "cancer": (cancer.data[:, :10], cancer.target),
-        "digits12": (np.concatenate(xs), np.concatenate(ys)),
+        "digits12": (pixels.reshape(len(pixels), 16), np.concatenate(ys)),
         "diabetes": (diabetes.data, diabetes.target),
     }
 

@@ -687,6 +687,9 @@ def preprocessing(
         inputs[c] = keras.Input(shape=(1,), dtype=dtype, name=_layer_name(c, ""))
     for c in numeric:
         mean, variance = moments[c].result()
+        # A column constant in training (a pixel that is always 0) would be divided by
+        # Keras' epsilon: a value seen later becomes ~1e7. Centred only, as scikit-learn does.
+        variance = variance if variance > 0 else 1.0
         layers[c] = keras.layers.Normalization(mean=mean, variance=variance,
                                                name=_layer_name(c, "_normalization"))
         features[c] = layers[c](inputs[c])

@@ -151,6 +151,7 @@ def _moments(dataset, feature: str):
         n, total, squares = n + len(v), total + v.sum(0), squares + (v * v).sum(0)
     mean = total / n
     variance = np.maximum(squares / n - mean * mean, 0.0)
+    variance[variance == 0] = 1.0  # constant components: centred only (see preprocessing())
     return mean.tolist(), variance.tolist()
 
 
