@@ -137,7 +137,8 @@ def test_own_csv_trains_then_exports_predicts_and_serves_class_names(own_tables,
     assert sum(row["class"] == y for row, y in zip(rows, labels, strict=True)) / 178 > 0.8
 
     header, first = lines[0].split(",")[:-1], lines[1].split(",")
-    instance = {name: float(v) for name, v in zip(header, first, strict=False)}
+    # Each column is an input of shape (None, 1), int64 where the CSV holds whole numbers.
+    instance = {name: [json.loads(v)] for name, v in zip(header, first, strict=False)}
     with ServerProcess("wine", base, log=str(tmp_path / "serve.log")) as server:
         request = urllib.request.Request(
             f"http://127.0.0.1:{server.rest_port}/v1/models/wine:predict",

@@ -176,3 +176,31 @@ def test_validation_file_with_other_columns_is_one_line(own_tables, tmp_path):
     message = _bad(tmp_path, "f0,f2,label\n1,2,0\n3,4,1\n", validation=str(other))
     assert message == (f"--validation {other} has other columns than --data {tmp_path}/t.csv: "
                        "it lacks ['f2'] and adds ['f1']; give both the same columns")
+
+
+LIFECYCLE = {("wine_names", "csv"), ("diabetes", "tfrecord")}
+
+
+def test_doctor_and_optimize_take_the_trained_model_as_it_is(trained, tmp_path):
+    """No label flag, no head or loss to describe: the model carries its task."""
+    from tfprod.doctor import diagnose, load_data
+    from tfprod.optimize.compare import optimize
+
+    table, fmt, result, _, path = trained
+    if (table, fmt) not in LIFECYCLE:
+        pytest.skip("two kinds are enough")
+    model = load_keras(result.saved)
+    data = load_data(path, model=model)  # the label column is the model's own
+    report = diagnose(model, data)
+    assert not report.has_errors, report.to_markdown()
+    sides = [load_data(path, model=model, batch_size=256, validation_split=0.2, subset=s)
+             for s in ("training", "validation")]
+    report = optimize(model, *sides, out_dir=tmp_path / "variants",
+                      variants=("keras", "float32"), runs=5)
+    metric = {"wine_names": "accuracy", "diabetes": "mae"}[table]
+    assert report.metric == metric and report.test_examples == result.split["held_out"]["rows"]
+    keras_variant, litert = report.results
+    assert litert.metric == pytest.approx(keras_variant.metric, rel=1e-3)
+    final = result.history[f"val_{metric}"][result.best_epoch - 1]
+    assert keras_variant.metric == pytest.approx(final * (100 if metric == "accuracy" else 1),
+                                                 rel=1e-3)

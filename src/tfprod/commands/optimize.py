@@ -9,23 +9,33 @@ import typer
 from tfprod.console import console, progress, table, tf, write_json
 from tfprod.errors import TfprodError
 
+#: One table for both: the hashed share ``tfprod train`` holds out by default is the test set.
+HELD_OUT = 0.2
 
-def _splits(data: Path, test: Path | None) -> tuple[Path, Path]:
-    """The train and test paths: ``--data`` and ``--test``, or ``DATA/train`` and ``DATA/test``."""
+
+def _splits(data: Path, test: Path | None) -> tuple[Path, Path, float | None]:
+    """The train and test paths: ``--data`` and ``--test``, or ``DATA/train`` and ``DATA/test``,
+    or one table (CSV, TFRecord folder) whose hashed held-out share is the test set."""
     if test is not None:
-        return data, test
+        return data, test, None
     for train_name, test_name in (("train", "test"), ("train.csv", "test.csv")):
         if (data / train_name).exists() and (data / test_name).exists():
-            return data / train_name, data / test_name
+            return data / train_name, data / test_name, None
+    if data.suffix.lower() == ".csv" and data.is_file() or (data / "schema.json").is_file():
+        return data, data, HELD_OUT
     raise TfprodError(f"--data {data}: expected {data}/train and {data}/test (the layout "
-                      "tfprod data sample writes), or pass the test set with --test PATH")
+                      "tfprod data sample writes), a CSV file or TFRecord folder (its hashed "
+                      f"{HELD_OUT:.0%} held out by tfprod train is the test set), or pass the "
+                      "test set with --test PATH")
 
 
 def optimize(
     model: Path = typer.Argument(..., help="The trained model (.keras)."),
     data: Path = typer.Option(..., help="Folder with train/ and test/ (image folders, TFRecord "
-                                        "folders) or train.csv/test.csv; or the training set "
-                                        "with --test."),
+                                        "folders) or train.csv/test.csv; one CSV file or "
+                                        "TFRecord folder (its hashed 20% held out by tfprod "
+                                        "train is the test set); or the training set with "
+                                        "--test."),
     test: Path | None = typer.Option(None, help="The test set, when --data is the training set."),
     label: str | None = typer.Option(None, help="Label feature/column (TFRecord, CSV)."),
     max_drop: float = typer.Option(1.0, help="Accuracy budget of the recommendations (points)."),
@@ -46,7 +56,9 @@ def optimize(
     """
     from rich.markup import escape
 
-    train_path, test_path = _splits(data, test)
+    train_path, test_path, held_out = _splits(data, test)
+    sides = ({"validation_split": held_out, "subset": "training"},
+             {"validation_split": held_out, "subset": "validation"}) if held_out else ({}, {})
     tf()
     from tfprod.doctor import load_data, load_model
     from tfprod.optimize.compare import optimize as run_optimize
@@ -57,8 +69,8 @@ def optimize(
     with progress() as p:
         task = p.add_task(f"loading {model}", total=None)
         net = load_model(str(model))
-        train = load_data(train_path, model=net, label=label, batch_size=256)
-        test_set = load_data(test_path, model=net, label=label, batch_size=256)
+        train = load_data(train_path, model=net, label=label, batch_size=256, **sides[0])
+        test_set = load_data(test_path, model=net, label=label, batch_size=256, **sides[1])
         report = run_optimize(
             net, train, test_set, out_dir=out, max_drop=max_drop, variants=names, runs=runs,
             prune_epochs=prune_epochs, png=png,

@@ -424,7 +424,8 @@ def read_csv(
         # Filtered before the cache and the shuffle, on the row as written in the file.
         key = _record_key(delimiter) if multiline else (lambda line: line)
         ds = ds.filter(lambda *row: in_subset(key(*row), validation_split, subset))
-        if all(s.complete for s in scans):
+        # Counted eagerly; a dataset function traced for parameter-server workers skips it.
+        if all(s.complete for s in scans) and tf.executing_eagerly():
             rows, fingerprint = summarize(ds.map(key))  # a sum: the order does not matter
             split = SplitInfo(subset, validation_split, rows, fingerprint)
             if rows == 0:
@@ -452,7 +453,7 @@ def read_csv(
         return {n: row[n] for n in names}, y
 
     ds = ds.map(to_dict, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-    if all(s.complete for s in scans):
+    if all(s.complete for s in scans) and (split or validation_split is None):
         # Known length: Keras shows progress and knows an epoch's steps; TF checks the count.
         rows = split.rows if split else sum(s.records - len(s.bad) for s in scans)
         ds = ds.apply(tf.data.experimental.assert_cardinality(-(-rows // batch_size)))

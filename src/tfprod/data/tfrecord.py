@@ -389,13 +389,16 @@ def read_tfrecords(
     if validation_split is not None:
         # On the record as stored, before the cache and the shuffle.
         ds = ds.filter(lambda record: in_subset(record, validation_split, subset))
-        count, fingerprint = summarize(ds)  # a sum: the order does not matter
-        if count == 0:
-            raise TfprodError(f"{directory}: the {subset} side of validation_split="
-                              f"{validation_split} holds no records; use more examples or "
-                              "another validation_split")
-        split = SplitInfo(subset, validation_split, count, fingerprint)
-        rows = None if ignore_errors else count
+        rows = None
+        # Counted eagerly; a dataset function traced for parameter-server workers skips it.
+        if tf.executing_eagerly():
+            count, fingerprint = summarize(ds)  # a sum: the order does not matter
+            if count == 0:
+                raise TfprodError(f"{directory}: the {subset} side of validation_split="
+                                  f"{validation_split} holds no records; use more examples or "
+                                  "another validation_split")
+            split = SplitInfo(subset, validation_split, count, fingerprint)
+            rows = None if ignore_errors else count
     variable = any(
         schema.features[n].ragged
         or (schema.features[n].encoding in IMAGE_ENCODINGS and None in schema.features[n].shape)

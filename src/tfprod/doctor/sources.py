@@ -62,7 +62,8 @@ def _single_input(model):
 
 
 def load_data(path: str | os.PathLike, *, model: keras.Model, label: str | None = None,
-              batch_size: int = 32, seed: int = 0) -> tf.data.Dataset:
+              batch_size: int = 32, seed: int = 0, validation_split: float | None = None,
+              subset: str | None = None) -> tf.data.Dataset:
     """``(x, y)`` batches from an image folder, a TFRecord folder or a CSV file, for ``model``.
 
     Image folders are read at the model's input size and channels. A model with one input
@@ -70,8 +71,10 @@ def load_data(path: str | os.PathLike, *, model: keras.Model, label: str | None 
     model with named inputs gets the features by name. A model trained by ``tfprod train``
     knows its label (the default for ``label``) and how its labels are encoded (class names
     to indices, the shape of its head), so the raw labels of the data come out as its loss
-    takes them.
+    takes them. ``validation_split`` and ``subset`` read one side of the hashed split (see
+    :mod:`tfprod.data.split`), e.g. the rows ``tfprod train`` held out.
     """
+    split = {"validation_split": validation_split, "subset": subset}
     from tfprod.data import image_folder, read_csv, read_tfrecords
     from tfprod.data.schema import SCHEMA_FILE
 
@@ -87,18 +90,19 @@ def load_data(path: str | os.PathLike, *, model: keras.Model, label: str | None 
                               f"{shape if shape is not None else 'not one fixed tensor'}; "
                               "expected (height, width, 1|3|4)")
         ds = image_folder(p, shape[:2], batch_size=batch_size, color_mode=_CHANNELS[shape[2]],
-                          seed=seed)
+                          seed=seed, **split)
         if task is None:
             return ds
         encode = task.encoder(indexed=True)
         return ds.map(lambda x, y: (x, encode(y)))
     label = label or (task.label if task is not None else None)
     if os.path.isdir(p):
-        ds = read_tfrecords(p, batch_size=batch_size, label=label or _default_label(p), seed=seed)
+        ds = read_tfrecords(p, batch_size=batch_size, label=label or _default_label(p), seed=seed,
+                            **split)
     elif p.lower().endswith(".csv"):
         if label is None:
             raise TfprodError(f"--data {p}: which column is the label? pass --label NAME")
-        ds = read_csv(p, label=label, batch_size=batch_size, seed=seed)
+        ds = read_csv(p, label=label, batch_size=batch_size, seed=seed, **split)
     else:
         raise TfprodError(f"--data {p}: expected an image folder, a TFRecord folder (with "
                           "schema.json) or a .csv file")
