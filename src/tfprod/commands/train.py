@@ -82,7 +82,8 @@ def train(
 
         result = run_training(config, console=err_console)
         columns, rows = epoch_table(result.history, result.epochs, result.best_epoch)
-        strategy_name = result.strategy.removeprefix("_").replace("DistributionStrategy", "")
+        strategy_name = ("default strategy" if result.strategy == "_DefaultDistributionStrategy"
+                         else result.strategy)
         console.print(table(f"tfprod train: {strategy_name}, {result.replicas} replica(s), "
                              f"{result.task}", columns, rows))
         if result.best_epoch is not None:
@@ -123,7 +124,7 @@ def epoch_table(history: dict[str, list[float]], epochs: list[int], best: int | 
     rows = []
     for i, epoch in enumerate(epochs or range(1, len(history.get("loss", [])) + 1)):
         mark = "*" if epoch == best else ""
-        rows.append([f"{epoch}{mark}"] + [f"{history[k][i]:.4g}" for k in names])
+        rows.append([f"{epoch}{mark}"] + [f"{history[k][i]:.4f}" for k in names])
     return columns, rows
 
 
