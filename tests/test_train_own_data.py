@@ -204,3 +204,14 @@ def test_doctor_and_optimize_take_the_trained_model_as_it_is(trained, tmp_path):
     final = result.history[f"val_{metric}"][result.best_epoch - 1]
     assert keras_variant.metric == pytest.approx(final * (100 if metric == "accuracy" else 1),
                                                  rel=1e-3)
+
+
+def test_validation_file_with_text_where_training_has_numbers(tmp_path):
+    from tfprod.train import training_inputs
+
+    train = tmp_path / "train.csv"
+    train.write_text("a,label\n" + "".join(f"{i},{i % 2}\n" for i in range(20)))
+    val = tmp_path / "val.csv"
+    val.write_text("a,label\n" + "".join(f"x{i},{i % 2}\n" for i in range(30)))
+    with pytest.raises(TfprodError, match="column 'a' holds text, in --data .* numbers"):
+        training_inputs(str(train), validation=str(val))

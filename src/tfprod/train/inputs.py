@@ -309,8 +309,9 @@ def _csv(path, *, label, validation, split, batch_size, seed, task, num_classes
     label_task = infer_task(train_labels[1], None if val_labels is None else val_labels[1],
                             label=label, task=task, num_classes=num_classes)
     if validation is not None:
-        _check_column_kinds(read("training", shuffle=False, batch=1),
-                            read("validation", shuffle=False, batch=1), path, validation)
+        _check_column_kinds(read_csv(path, label=label, batch_size=1, shuffle=False),
+                            read_csv(validation, label=label, batch_size=1, shuffle=False),
+                            path, validation)
 
     def batches(subset, encoder):
         encode = encoder()
