@@ -215,3 +215,13 @@ def test_validation_file_with_text_where_training_has_numbers(tmp_path):
     val.write_text("a,label\n" + "".join(f"x{i},{i % 2}\n" for i in range(30)))
     with pytest.raises(TfprodError, match="column 'a' holds text, in --data .* numbers"):
         training_inputs(str(train), validation=str(val))
+
+
+def test_a_saved_model_trains_on_with_its_own_task(own_tables, tmp_path):
+    first = _train(own_tables["wine_names"]["csv"], tmp_path, epochs=1)
+    again = _train(own_tables["wine_names"]["csv"], tmp_path, epochs=1, model=first.saved,
+                   save=str(tmp_path / "again.keras"))
+    assert again.history["val_loss"][0] < first.history["val_loss"][0]
+    with pytest.raises(TfprodError, match="it was trained for 3-class classification.*the data "
+                                          "asks for regression"):
+        _train(own_tables["diabetes"]["csv"], tmp_path, epochs=1, model=first.saved)
