@@ -136,6 +136,15 @@ def test_own_csv_trains_then_exports_predicts_and_serves_class_names(own_tables,
     labels = [line.rsplit(",", 1)[1] for line in lines[1:]]
     assert sum(row["class"] == y for row, y in zip(rows, labels, strict=True)) / 178 > 0.8
 
+    # optimize tests on the rows training held out: the model knows which.
+    r = run("optimize", model, "--data", data, "--variants", "keras,float32", "--runs", "5",
+            "--out", str(tmp_path / "variants"), "--json", str(tmp_path / "o.json"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((tmp_path / "o.json").read_text())
+    assert report["test_examples"] == result["split"]["held_out"]["rows"]
+    assert report["reference"] == pytest.approx(
+        100 * result["history"]["val_accuracy"][best - 1], abs=1e-3)
+
     header, first = lines[0].split(",")[:-1], lines[1].split(",")
     # Each column is an input of shape (None, 1), int64 where the CSV holds whole numbers.
     instance = {name: [json.loads(v)] for name, v in zip(header, first, strict=False)}

@@ -28,12 +28,17 @@ class Target(keras.layers.Layer):
 
     Args:
         task: a :class:`LabelTask` as ``LabelTask.to_json()`` (a plain dict, so that it saves).
+        held_out: the hashed ``validation_split`` of its training data that the model was not
+            trained on (set by ``tfprod train``), so that ``tfprod optimize`` can test on
+            those rows; ``None`` when unknown.
     """
 
-    def __init__(self, task: dict[str, Any], **kwargs: Any) -> None:
+    def __init__(self, task: dict[str, Any], held_out: float | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.task_config = dict(task)
         self.task = LabelTask.from_json(self.task_config)  # checks it
+        self.held_out = held_out
 
     def call(self, inputs):
         return inputs
@@ -42,7 +47,7 @@ class Target(keras.layers.Layer):
         return input_shape
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "task": self.task_config}
+        return {**super().get_config(), "task": self.task_config, "held_out": self.held_out}
 
 
 def find_target(model: keras.Model) -> Target | None:

@@ -244,13 +244,19 @@ def _tfrecords(path, *, label, validation, split, batch_size, seed, task, num_cl
                               shuffle=shuffle and subset == "training",
                               validation_split=split if on_split else None, subset=on_split)
 
-    feature, shape = (None, None) if tabular else (inputs[0], shapes[inputs[0]])
+    feature, shape = (None, None) if tabular else (inputs[0], shapes[inputs[0]] or (1,))
 
     def batches(subset, encoder):
         encode = encoder()
         if tabular:
             return read(subset).map(lambda x, y: (x, encode(y)))
-        return read(subset).map(lambda x, y: (tf.cast(x[feature], tf.float32), encode(y)))
+        def one_input(x, y):
+            value = tf.cast(x[feature], tf.float32)
+            if shape == (1,):  # a scalar feature is a column of one
+                value = tf.reshape(value, [-1, 1])
+            return value, encode(y)
+
+        return read(subset).map(one_input)
 
     def columns():
         return read("training", shuffle=False, batch=_LABEL_BATCH)

@@ -190,6 +190,7 @@ def run_training(config: TrainConfig, *, console=None) -> TrainResult:
     """
     import keras
 
+    from tfprod.models.target import find_target
     from tfprod.train.inputs import training_inputs
     from tfprod.train.progress import RichProgress
     from tfprod.train.strategies import is_parameter_server, make_strategy
@@ -252,6 +253,10 @@ def run_training(config: TrainConfig, *, console=None) -> TrainResult:
     best_epoch = None
     if best is not None and best.best_weights is not None:
         best_epoch = best.best_epoch + 1
+    target = find_target(trainer.model)
+    if target is not None:  # which rows of --data it never trained on, for tfprod optimize
+        target.held_out = (config.validation_split if config.validation is None
+                           and config.validation_split > 0 else None)
     saved = None
     if config.save and chief:
         os.makedirs(os.path.dirname(os.path.abspath(config.save)), exist_ok=True)
