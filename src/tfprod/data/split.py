@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -58,18 +59,41 @@ def check_split(validation_split: float | None, subset: str | None) -> None:
 
 
 def in_subset(key: tf.Tensor, validation_split: float, subset: str) -> tf.Tensor:
-    """True where ``key`` (string tensor: one example's bytes) belongs to ``subset``."""
+    """True where ``key`` (string tensor: one example's bytes each) belongs to ``subset``."""
     bucket = tf.strings.to_hash_bucket_fast(key, BUCKETS)
     held_out = bucket < int(round(validation_split * BUCKETS))
     return held_out if subset == "validation" else tf.logical_not(held_out)
 
 
-def summarize(keys: tf.data.Dataset, *, batch: int = 4096) -> tuple[int, str]:
-    """``(count, fingerprint)`` of a dataset of string keys (see :class:`SplitInfo`)."""
-    def add(state, k):
+def take_subset(ds: tf.data.Dataset, validation_split: float, subset: str, *,
+                key: Callable[..., tf.Tensor] | None = None, batch: int = 1024
+                ) -> tf.data.Dataset:
+    """The elements of ``ds`` on one side of the split, in their order.
+
+    Hashed a batch at a time: a per-element ``filter`` costs a function call per example
+    (~10 µs here, a tenth of the read speed); a mask over 1024 keys costs almost nothing.
+
+    Args:
+        ds: unbatched examples: a string (the key itself) or a tuple of fields.
+        key: batched fields -> ``[batch]`` string keys (default: the element itself).
+    """
+    def keep(*fields):
+        mask = in_subset(key(*fields) if key else fields[0], validation_split, subset)
+        kept = tuple(tf.boolean_mask(f, mask) for f in fields)
+        return kept if len(kept) > 1 else kept[0]
+
+    return ds.batch(batch).map(keep).unbatch()
+
+
+def summarize(ds: tf.data.Dataset, *, key: Callable[..., tf.Tensor] | None = None,
+              batch: int = 4096) -> tuple[int, str]:
+    """``(count, fingerprint)`` of a dataset of examples (see :class:`SplitInfo`)."""
+    def add(state, element):
         n, total = state
+        fields = element if isinstance(element, tuple) else (element,)
+        k = key(*fields) if key else fields[0]
         prints = tf.bitcast(tf.fingerprint(tf.reshape(k, [-1, 1]), "farmhash64"), tf.int64)
         return n + tf.cast(tf.shape(k)[0], tf.int64), total + tf.reduce_sum(prints)
 
-    n, total = keys.batch(batch).reduce((np.int64(0), np.int64(0)), add)
+    n, total = ds.batch(batch).reduce((np.int64(0), np.int64(0)), add)
     return int(n), f"{int(total.numpy()) & 0xFFFF_FFFF_FFFF_FFFF:016x}"

@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from tfprod.data.options import apply_options, cache_dataset
 from tfprod.data.skipped import SkippedRecordsWarning
-from tfprod.data.split import SplitInfo, check_split, in_subset, summarize
+from tfprod.data.split import SplitInfo, check_split, summarize, take_subset
 from tfprod.errors import TfprodError
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -421,12 +421,12 @@ def read_csv(
         ds = ds.interleave(_lines_reader(scans), cycle_length=cycle)
     split = None
     if validation_split is not None:
-        # Filtered before the cache and the shuffle, on the row as written in the file.
-        key = _record_key(delimiter) if multiline else (lambda line: line)
-        ds = ds.filter(lambda *row: in_subset(key(*row), validation_split, subset))
+        # Taken before the cache and the shuffle, by the row as written in the file.
+        key = _record_key(delimiter) if multiline else None
+        ds = take_subset(ds, validation_split, subset, key=key)
         # Counted eagerly; a dataset function traced for parameter-server workers skips it.
         if all(s.complete for s in scans) and tf.executing_eagerly():
-            rows, fingerprint = summarize(ds.map(key))  # a sum: the order does not matter
+            rows, fingerprint = summarize(ds, key=key)  # a sum: the order does not matter
             split = SplitInfo(subset, validation_split, rows, fingerprint)
             if rows == 0:
                 raise TfprodError(f"{files[0]}: the {subset} side of validation_split="
@@ -463,10 +463,11 @@ def read_csv(
 
 
 def _record_key(delimiter: str):
-    """The split key of a record parsed by ``CsvDataset``: its fields joined again."""
+    """The split key of records parsed by ``CsvDataset`` (a batch of each field): their fields
+    joined again."""
     def key(*fields):
         text = [f if f.dtype == tf.string else tf.strings.as_string(f) for f in fields]
-        return tf.strings.reduce_join(tf.stack(text), separator=delimiter)
+        return tf.strings.reduce_join(tf.stack(text, axis=1), axis=1, separator=delimiter)
 
     return key
 

@@ -21,7 +21,7 @@ import tensorflow as tf
 from tfprod.data.options import apply_options, cache_dataset
 from tfprod.data.schema import IMAGE_ENCODINGS, FeatureSpec, Schema, infer_spec
 from tfprod.data.skipped import SkippedRecordsWarning
-from tfprod.data.split import SplitInfo, check_split, in_subset, summarize
+from tfprod.data.split import SplitInfo, check_split, summarize, take_subset
 from tfprod.errors import TfprodError
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -388,7 +388,7 @@ def read_tfrecords(
     split, rows = None, None if ignore_errors else schema.num_examples
     if validation_split is not None:
         # On the record as stored, before the cache and the shuffle.
-        ds = ds.filter(lambda record: in_subset(record, validation_split, subset))
+        ds = take_subset(ds, validation_split, subset)
         rows = None
         # Counted eagerly; a dataset function traced for parameter-server workers skips it.
         if tf.executing_eagerly():
