@@ -37,6 +37,8 @@ def test_regression_from_fractions_or_many_whole_numbers():
     whole = np.round(y).clip(25, 346)   # diabetes-like: whole numbers, ~200 distinct values
     assert infer_task(whole).kind == "regression"
     assert "--task classification" in infer_task(whole).reason
+    # Float-typed whole numbers, each different (prices written as 1234.0): a measurement.
+    assert infer_task(np.arange(1000.0, 1040.0)).kind == "regression"
 
 
 def test_overrides_and_validation_labels():

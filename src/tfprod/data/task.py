@@ -248,7 +248,10 @@ def infer_task(
                               "one value")
         raise TfprodError(f"{what} has a single class ({one} in all {n} examples); a "
                           "classifier needs examples of at least two classes")
-    if k == n and n >= MIN_ROWS_FOR_ID and whole and task != "regression":
+    # An id: text or integer-typed, a different value in every row. Float-typed whole numbers
+    # (prices written as 151.0) are measurements, however distinct.
+    if k == n and n >= MIN_ROWS_FOR_ID and (text or y_all.dtype.kind in "iu") \
+            and task != "regression":
         raise TfprodError(f"{what} has a different value in every one of its {n} examples "
                           f"({_describe_values(values)}): it looks like an id, not a target; "
                           "pass the real target with --label NAME" +
