@@ -97,3 +97,11 @@ def tf1_models(tmp_path_factory):
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return out
+
+
+@pytest.fixture(scope="session")
+def own_tables(tmp_path_factory):
+    """The user's own tables (tests/tables.py): name -> {"csv": path, "tfrecord": folder}."""
+    from tables import write_tables
+
+    return write_tables(tmp_path_factory.mktemp("tables"))

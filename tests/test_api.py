@@ -33,3 +33,14 @@ def test_serve_and_optimize_packages_load_names_lazily():
             "print('tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_own_data_surface():
+    import tfprod.data as d
+    import tfprod.models as m
+    import tfprod.train as t
+
+    assert {"LabelTask", "infer_task", "SplitInfo"} <= set(d.__all__)
+    assert {"Target", "find_task", "task_head", "compile_for_task", "MacroF1",
+            "ScaledMeanSquaredError"} <= set(m.__all__)
+    assert {"TrainConfig", "TrainResult", "run_training", "training_inputs"} <= set(t.__all__)

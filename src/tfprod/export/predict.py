@@ -2,9 +2,11 @@
 
 A model is a ``.keras`` file, a SavedModel (a version folder, or a TF Serving base folder
 ``BASE/<version>/``, whose newest version is used) or a ``.tflite`` file. Every kind becomes a
-:class:`Predictor`: a callable from one batch (numpy) to its outputs (numpy). Data is a ``.npy``
-array, an image folder or a tfprod TFRecord folder, read in order; predictions go to ``.npy``,
-``.csv`` or ``.jsonl`` by the output's extension.
+:class:`Predictor`: a callable from one batch (numpy; a dict of columns for a model with named
+inputs) to its outputs (numpy). Data is a ``.npy`` array, an image folder, a tfprod TFRecord
+folder or a CSV file (models with named inputs), read in order; predictions go to ``.npy``,
+``.csv`` or ``.jsonl`` by the output's extension. A model trained by ``tfprod train`` knows its
+classes: the ``class`` of each prediction is then the class as the labels wrote it.
 
 Example::
 
@@ -26,44 +28,82 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from tfprod.data.task import LabelTask
 from tfprod.errors import TfprodError
 from tfprod.export.litert import LiteRTModel, single_input, write_atomic
+from tfprod.export.task import CLASSES_OUTPUT, load_task
 
 OUTPUT_FORMATS = (".npy", ".csv", ".jsonl")
 _CHANNELS = {1: "grayscale", 3: "rgb", 4: "rgba"}
 
 
 class Predictor(Protocol):
-    """One batch of inputs (numpy) to its outputs (numpy)."""
+    """One batch of inputs (numpy) to its outputs (numpy).
+
+    A predictor may also have ``input_names`` (the named inputs it takes as a dict of columns;
+    ``None`` for one tensor) and ``task`` (the :class:`~tfprod.data.task.LabelTask` of a model
+    trained by ``tfprod train``, or ``None``).
+    """
 
     example_shape: tuple[int | None, ...]
 
     def __call__(self, x: np.ndarray) -> np.ndarray: ...
 
 
+def column(values: Any, spec: Any) -> np.ndarray:
+    """One named input's batch for a signature spec: ``[batch]`` -> ``[batch, 1]``, its dtype."""
+    values = np.asarray(values)
+    if values.ndim == len(spec.shape) - 1:
+        values = values[..., None]
+    if spec.dtype.name == "string":
+        return values.astype(object)
+    return values.astype(spec.dtype.as_numpy_dtype, copy=False)
+
+
 class KerasPredictor:
     """A Keras model's inference as one traced ``tf.function`` (optionally XLA-compiled).
 
     Unlike ``model.predict``, a call does no per-call setup: it converts the batch once and runs
-    the traced graph, whatever the batch size (the batch dimension is left open).
+    the traced graph, whatever the batch size (the batch dimension is left open). A model with
+    named inputs (a CSV model's columns) takes a dict of columns.
     """
 
     def __init__(self, model, *, jit_compile: bool = False) -> None:
         import tensorflow as tf
 
-        inp = single_input(model)
+        from tfprod.export.signature import serving_inputs
+        from tfprod.models.target import find_task
+
         if len(model.outputs) != 1:
             raise TfprodError(f"model {model.name!r} has {len(model.outputs)} outputs; batched "
                               "prediction writes one output tensor")
         self.model = model
-        self.example_shape = tuple(inp.shape[1:])
-        self.dtype = np.dtype(inp.dtype)
-        spec = tf.TensorSpec((None, *self.example_shape), inp.dtype)
-        self.function = tf.function(lambda x: model(x, training=False), input_signature=[spec],
-                                    jit_compile=jit_compile, reduce_retracing=True)
+        self.task = find_task(model)
+        inputs = serving_inputs(model)
+        if inputs.kind == "tensor":
+            inp = single_input(model)
+            self.input_names = None
+            self.example_shape = tuple(inp.shape[1:])
+            self.dtype = np.dtype(inp.dtype)
+            spec = tf.TensorSpec((None, *self.example_shape), inp.dtype)
+            self.function = tf.function(lambda x: model(x, training=False),
+                                        input_signature=[spec], jit_compile=jit_compile,
+                                        reduce_retracing=True)
+            return
+        self.input_names, self.specs = inputs.names, inputs.specs
+        self.example_shape = ()
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.function(np.asarray(x, self.dtype)).numpy()
+        def call(*tensors):
+            return model(inputs.structure(tensors), training=False)
+
+        self.function = tf.function(call, input_signature=list(inputs.specs),
+                                    jit_compile=jit_compile)
+
+    def __call__(self, x: Any) -> np.ndarray:
+        if self.input_names is None:
+            return self.function(np.asarray(x, self.dtype)).numpy()
+        return self.function(*[column(x[n], s) for n, s in zip(
+            self.input_names, self.specs, strict=True)]).numpy()
 
 
 class SavedModelPredictor:
@@ -82,13 +122,20 @@ class SavedModelPredictor:
         self._loaded = loaded  # keeps the signature's variables alive
         self.signature = loaded.signatures["serving_default"]
         inputs = self.signature.structured_input_signature[1]
-        if len(inputs) != 1:
-            raise TfprodError(f"{self.path}: serving_default takes {sorted(inputs)}; batched "
-                              "prediction needs one input tensor")
-        (self.input_name, spec), = inputs.items()
-        self.example_shape = tuple(spec.shape[1:])
-        self.dtype = np.dtype(spec.dtype.as_numpy_dtype)
+        self.task = load_task(self.path)
+        if len(inputs) == 1:
+            (self.input_name, spec), = inputs.items()
+            self.input_names = None
+            self.example_shape = tuple(spec.shape[1:])
+            self.dtype = np.dtype(spec.dtype.as_numpy_dtype)
+        else:
+            self.input_names = tuple(sorted(inputs))
+            self.specs = [inputs[n] for n in self.input_names]
+            self.example_shape = ()
         outputs = sorted(self.signature.structured_outputs)
+        if output is None and self.task is not None and CLASSES_OUTPUT in outputs \
+                and len(outputs) == 2:
+            output = next(o for o in outputs if o != CLASSES_OUTPUT)  # classes come from task
         if output is None and len(outputs) != 1:
             raise TfprodError(f"{self.path}: serving_default has outputs {outputs}; choose one "
                               "with output=NAME")
@@ -96,10 +143,14 @@ class SavedModelPredictor:
             raise TfprodError(f"{self.path}: no output {output!r}; it has {outputs}")
         self.output_name = output or outputs[0]
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: Any) -> np.ndarray:
         import tensorflow as tf
 
-        out = self.signature(**{self.input_name: tf.constant(np.asarray(x, self.dtype))})
+        if self.input_names is None:
+            out = self.signature(**{self.input_name: tf.constant(np.asarray(x, self.dtype))})
+        else:
+            out = self.signature(**{n: tf.constant(column(x[n], s)) for n, s in zip(
+                self.input_names, self.specs, strict=True)})
         return out[self.output_name].numpy()
 
 
@@ -143,11 +194,15 @@ class Inputs:
 
 
 def read_inputs(path: str | os.PathLike, example_shape: Sequence[int | None], *,
-                batch_size: int = 256, feature: str | None = None) -> Inputs:
-    """Batches of a ``.npy`` array, an image folder or a TFRecord folder, in file order.
+                batch_size: int = 256, feature: str | None = None,
+                input_names: Sequence[str] | None = None) -> Inputs:
+    """Batches of a ``.npy`` array, an image folder, a TFRecord folder or a CSV file, in file
+    order.
 
     Image folders are read at the model's image size and channels; a TFRecord folder gives its
-    one feature other than ``label`` (or ``feature``).
+    one feature other than ``label`` (or ``feature``). A model with named inputs
+    (``input_names``) gets dicts of those columns from a CSV file or a TFRecord folder; other
+    columns (the label) are left out.
     """
     from tfprod.data.schema import SCHEMA_FILE
 
@@ -156,6 +211,12 @@ def read_inputs(path: str | os.PathLike, example_shape: Sequence[int | None], *,
         raise TfprodError(f"data {path}: no such file or folder")
     if batch_size < 1:
         raise TfprodError(f"batch_size={batch_size}; expected a positive integer")
+    if input_names is not None:
+        return _column_inputs(path, list(input_names), batch_size)
+    if path.lower().endswith(".csv"):
+        raise TfprodError(f"data {path} is a CSV file; the model takes one input tensor of "
+                          f"shape {tuple(example_shape)}: predict from a .npy array, or with a "
+                          "model trained on named CSV columns")
     if path.endswith(".npy"):
         x = np.load(path, mmap_mode="r")
         _check_data(x.shape[1:], example_shape, path)
@@ -209,6 +270,29 @@ def _tfrecord_inputs(path: str, example_shape: Sequence[int | None], batch_size:
     return Inputs(batches, schema.num_examples or None)
 
 
+def _column_inputs(path: str, names: list[str], batch_size: int) -> Inputs:
+    from tfprod.data import Schema, read_csv, read_tfrecords
+    from tfprod.data.schema import SCHEMA_FILE
+
+    if path.lower().endswith(".csv"):
+        ds = read_csv(path, columns=names, batch_size=batch_size, shuffle=False,
+                      deterministic=True)
+    elif os.path.isdir(path) and os.path.exists(os.path.join(path, SCHEMA_FILE)):
+        missing = [n for n in names if n not in Schema.load(path).features]
+        if missing:
+            raise TfprodError(f"data {path} lacks the model's input(s) {missing}")
+        ds = read_tfrecords(path, features=names, batch_size=batch_size, shuffle=False,
+                            deterministic=True)
+    else:
+        raise TfprodError(f"data {path}: the model takes named inputs {names[:8]}; expected a "
+                          "CSV file or a TFRecord folder with those columns")
+    return Inputs(ds.as_numpy_iterator())
+
+
+def _rows(x: Any) -> int:
+    return len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+
+
 def run_batches(predictor: Predictor, batches: Iterable[np.ndarray], *,
                 progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, float]:
     """All outputs of ``predictor`` over ``batches``, and the seconds spent in the model."""
@@ -217,7 +301,7 @@ def run_batches(predictor: Predictor, batches: Iterable[np.ndarray], *,
         start = time.perf_counter()
         outputs.append(np.asarray(predictor(x)))
         seconds += time.perf_counter() - start
-        done += len(x)
+        done += _rows(x)
         if progress is not None:
             progress(done)
     if not outputs:
@@ -253,9 +337,11 @@ def predict(model: str | os.PathLike | Predictor, data: str | os.PathLike,
     Args:
         model: a ``.keras`` file, a SavedModel folder (or TF Serving base folder), a
             ``.tflite`` file, or a :class:`Predictor`.
-        data: a ``.npy`` array, an image folder or a tfprod TFRecord folder.
+        data: a ``.npy`` array, an image folder, a tfprod TFRecord folder, or a CSV file (a
+            model with named inputs).
         out: ``.npy`` (the output array), ``.csv`` or ``.jsonl`` (one example per row, with its
-            file for image folders and its argmax class for classifiers).
+            file for image folders and its class for classifiers: the argmax, or the class as
+            the labels named it for a model trained by ``tfprod train``).
         batch_size: examples per model call.
         feature: the input feature of a TFRecord folder with several.
         progress: called with ``(examples done, total or None)`` after each batch.
@@ -271,24 +357,32 @@ def predict(model: str | os.PathLike | Predictor, data: str | os.PathLike,
         raise TfprodError(f"--out {out}: expected a file ending in {' / '.join(OUTPUT_FORMATS)}")
     predictor = model if callable(model) else load_predictor(model)
     start = time.perf_counter()
-    inputs = read_inputs(data, predictor.example_shape, batch_size=batch_size, feature=feature)
+    inputs = read_inputs(data, predictor.example_shape, batch_size=batch_size, feature=feature,
+                         input_names=getattr(predictor, "input_names", None))
     report = None if progress is None else (lambda n: progress(n, inputs.total))
     outputs, model_seconds = run_batches(predictor, inputs.batches, progress=report)
     seconds = time.perf_counter() - start
-    write_predictions(out, outputs, files=inputs.files)
+    write_predictions(out, outputs, files=inputs.files, task=getattr(predictor, "task", None))
     return PredictResult(out, len(outputs), tuple(outputs.shape), seconds, model_seconds)
 
 
 def write_predictions(path: str | os.PathLike, outputs: np.ndarray, *,
-                      files: Sequence[str] | None = None) -> str:
-    """Writes ``outputs`` (one row per example) as ``.npy``, ``.csv`` or ``.jsonl``, atomically."""
+                      files: Sequence[str] | None = None, task: LabelTask | None = None) -> str:
+    """Writes ``outputs`` (one row per example) as ``.npy``, ``.csv`` or ``.jsonl``, atomically.
+
+    The ``class`` column is the argmax of several outputs, or with ``task`` (a model trained by
+    ``tfprod train``) the predicted class as its labels name it; a regression has none.
+    """
     path = os.fspath(path)
     if path.endswith(".npy"):
         buffer = io.BytesIO()
         np.save(buffer, outputs)
         return write_atomic(path, buffer.getvalue())
     rows = outputs.reshape(len(outputs), -1)
-    classes = rows.argmax(axis=1) if rows.shape[1] > 1 else None
+    if task is not None:
+        classes = task.decode(rows) if task.classification else None
+    else:
+        classes = rows.argmax(axis=1) if rows.shape[1] > 1 else None
     if path.endswith(".csv"):
         text = "".join(_csv_lines(rows, classes, files))
     elif path.endswith(".jsonl"):
@@ -304,7 +398,7 @@ def _csv_lines(rows: np.ndarray, classes: np.ndarray | None,
     yield ",".join(header + [f"output_{j}" for j in range(rows.shape[1])]) + "\n"
     for i, row in enumerate(rows):
         cells = [str(i)] + ([_csv_cell(files[i])] if files else [])
-        cells += [str(int(classes[i]))] if classes is not None else []
+        cells += [_csv_cell(str(classes[i]))] if classes is not None else []
         yield ",".join(cells + [f"{v:.7g}" for v in row.tolist()]) + "\n"
 
 
@@ -319,6 +413,7 @@ def _jsonl_lines(rows: np.ndarray, classes: np.ndarray | None,
         if files:
             record["file"] = files[i]
         if classes is not None:
-            record["class"] = int(classes[i])
+            value = classes[i]
+            record["class"] = value if isinstance(value, str) else int(value)
         record["output"] = [float(v) for v in row.tolist()]
         yield json.dumps(record) + "\n"

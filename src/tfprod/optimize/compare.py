@@ -38,7 +38,9 @@ def optimize(model, train, test, *, out_dir: str | os.PathLike, max_drop: float 
     percentage points), with its change against the model as given.
 
     Args:
-        model: a trained Keras model with one input (not modified).
+        model: a trained Keras model with one input, or with named numeric columns (a model
+            trained on a CSV file), whose variants then take the columns stacked in one tensor
+            (see :func:`one_tensor`); not modified.
         train: ``(x, y)`` arrays or a dataset of ``(x, y)`` batches: int8 calibration samples
             and pruning fine-tuning.
         test: the same for the test set.
@@ -58,6 +60,7 @@ def optimize(model, train, test, *, out_dir: str | os.PathLike, max_drop: float 
         TfprodError: unknown variants, data that does not fit the model, ``max_drop < 0``.
     """
     names = check_names(list(variants))
+    model, train, test, layout = one_tensor(model, train, test)
     if max_drop < 0:
         raise TfprodError(f"max_drop={max_drop}; expected a non-negative number of points")
     if runs < 1:
@@ -76,6 +79,8 @@ def optimize(model, train, test, *, out_dir: str | os.PathLike, max_drop: float 
             if progress is not None:
                 progress(f"building {name}", i, len(names))
             variant = builder.build(name)
+            if layout:
+                variant.notes.insert(0, layout)
             if progress is not None:
                 progress(f"measuring {name}", i, len(names))
             results.append(_measure(variant, x_test, y_test, metric, reference, runs))
@@ -103,3 +108,55 @@ def _measure(variant: Variant, x: np.ndarray, y: np.ndarray, metric: measure.Met
         metric=value, change=value - reference, drop=metric.drop(reference, value),
         notes=variant.notes, unquantized_ops=variant.unquantized_ops,
         sparsity=variant.sparsity)
+
+
+def one_tensor(model, train, test):
+    """``(model, train, test, note)`` with one input tensor.
+
+    A model that takes named numeric columns (``tfprod train`` on a CSV file) is wrapped: the
+    wrapper takes the columns stacked as ``[batch, columns]`` in the model's input order and
+    feeds them to it by name; ``train`` and ``test`` are stacked the same way. LiteRT models
+    here take one input tensor, and the timing loops slice one array. ``note`` says so (empty
+    for a model with one input already).
+
+    Raises:
+        TfprodError: a text column (a ``StringLookup`` has no LiteRT int8 kernels here) or a
+            column of several values per example.
+    """
+    import keras
+
+    from tfprod.export.signature import serving_inputs
+
+    inputs = serving_inputs(model)
+    if inputs.kind == "tensor":
+        return model, train, test, ""
+    odd = [n for n, s in zip(inputs.names, inputs.specs, strict=True)
+           if s.dtype.name == "string" or tuple(s.shape[1:]) != (1,)]
+    if odd:
+        raise TfprodError(f"model {model.name!r} takes text or multi-value column(s) {odd[:5]}; "
+                          "optimize builds variants of models whose inputs are one tensor or "
+                          "numeric columns: export it with tfprod export and serve it as it is")
+    names = list(inputs.names)
+    x = keras.Input((len(names),), name="columns")
+    columns = {n: keras.ops.cast(x[:, i:i + 1], s.dtype.name)
+               for i, (n, s) in enumerate(zip(names, inputs.specs, strict=True))}
+    wrapper = keras.Model(x, model(columns), name=model.name)
+    config = model.get_compile_config() if getattr(model, "compiled", False) else None
+    if config:
+        wrapper.compile_from_config(config)
+
+    def stack(data, what):
+        if isinstance(data, tuple | list) and len(data) == 2:
+            parts = [data]
+        else:
+            parts = list(data.as_numpy_iterator())
+        xs = [np.stack([np.asarray(p[0][n], np.float32).reshape(-1) for n in names], axis=1)
+              for p in parts]
+        ys = [np.asarray(p[1]) for p in parts]
+        if not xs:
+            raise TfprodError(f"the {what} data is empty")
+        return np.concatenate(xs), np.concatenate(ys)
+
+    note = (f"takes the {len(names)} columns stacked in one tensor, in the order "
+            f"{', '.join(names[:4])}{', ...' if len(names) > 4 else ''}")
+    return wrapper, stack(train, "training"), stack(test, "test"), note
