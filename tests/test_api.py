@@ -7,7 +7,7 @@ import pytest
 
 @pytest.mark.parametrize("module", ["tfprod", "tfprod.data", "tfprod.models", "tfprod.train",
                                     "tfprod.doctor", "tfprod.export", "tfprod.optimize",
-                                    "tfprod.serve"])
+                                    "tfprod.serve", "tfprod.monitor"])
 def test_all_names_exist(module):
     mod = importlib.import_module(module)
     assert mod.__all__, f"{module} publishes nothing"
@@ -29,6 +29,16 @@ def test_serve_and_optimize_packages_load_names_lazily():
 
     code = ("import sys, tfprod.serve, tfprod.optimize; "
             "from tfprod.serve import RestClient; "
+            "print('tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_monitor_loads_without_tensorflow():
+    import subprocess
+    import sys
+
+    code = ("import sys, tfprod.monitor; from tfprod.monitor import detect_drift, Profile; "
             "print('tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

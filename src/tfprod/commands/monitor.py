@@ -1,0 +1,96 @@
+"""``tfprod monitor``: drift, validation and model quality, from files or a server's request log.
+
+Exit status: 0 no drift, 1 drift or validation errors found (for cron and CI), 2 bad input.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from tfprod.commands import group
+from tfprod.console import console, err_console, table, tf, write_json, write_text
+
+
+def _print(report: Any, title: str, html: Path | None, json_path: Path | None) -> None:
+    from tfprod.monitor.html import render_html
+
+    console.print(table(f"{title}: {len(report.drifted)} of {len(report.features)} features "
+                        f"drifted (BH, FDR {report.fdr:g})", report.columns, report.rows()))
+    if report.prediction_drift:
+        console.print(table("predictions", ["output", "test", "score", "drift"], [
+            [k, v["test"], f"{v['score']:.3f}", "DRIFT" if v["drift"] else "-"]
+            for k, v in report.prediction_drift.items()]))
+    if report.validation:
+        console.print(table("validation", ["feature", "check", "severity", "rows", "examples"], [
+            [v["feature"], v["check"], v["severity"], v["count"],
+             ", ".join(map(str, v["examples"]))] for v in report.validation]))
+    console.print(report.summary(), highlight=False, soft_wrap=True)
+    write_text(html, render_html(report, title=title) if html else "")
+    write_json(json_path, report.to_json())
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``tfprod monitor drift|profile|report`` to the root app."""
+    monitor = group(app, "monitor", "Drift, validation and model quality (tfprod.monitor).")
+
+    @monitor.command("drift")
+    def drift(
+        reference: Path = typer.Argument(..., help="CSV, Parquet, .npy/.npz, TFRecord folder, "
+                                         "exported version folder or .profile.npz."),
+        current: Path = typer.Argument(..., help="The data to compare, same formats."),
+        label: str | None = typer.Option(None, help="A column holding labels (not tested)."),
+        fdr: float = typer.Option(0.05, help="False-discovery rate (Benjamini-Hochberg)."),
+        multivariate: str = typer.Option("auto", help="auto|domain_classifier|mmd|none."),
+        numeric_test: str = typer.Option("auto", help="auto|ks|wasserstein|psi."),
+        categorical_test: str = typer.Option("auto", help="auto|chi2|jensen_shannon."),
+        html: Path | None = typer.Option(None, help="Write the HTML report here."),
+        json_path: Path | None = typer.Option(None, "--json", help="Write the JSON here."),
+    ) -> None:
+        """Compare CURRENT with REFERENCE: per-feature tests, the joint distribution, the
+        model's predictions (when REFERENCE is an exported version) and the schema.
+
+        Example: [bold]tfprod monitor drift models/digits/1 shifted.npz --html drift.html[/]
+        """
+        from tfprod.monitor import detect_drift, load_dataset
+        from tfprod.monitor.model import version_folder
+
+        ref = load_dataset(reference, label=label)
+        cur = load_dataset(current, label=label)
+        version = version_folder(reference)
+        if version is not None:
+            tf()
+            from tfprod.monitor.model import ExportedModel, with_model_outputs
+
+            with_model_outputs(ExportedModel(version), ref, cur)
+        report = detect_drift(ref, cur, fdr=fdr, multivariate=multivariate,
+                              numeric_test=numeric_test, categorical_test=categorical_test)
+        _print(report, f"{current} vs {reference}", html, json_path)
+        raise typer.Exit(report.exit_status)
+
+    @monitor.command("profile")
+    def profile(
+        data: Path = typer.Argument(..., help="CSV, Parquet, .npy/.npz or TFRecord folder."),
+        out: Path = typer.Option(..., help="The .profile.npz to write."),
+        merge: list[Path] = typer.Option([], help="Profiles to merge into it (repeatable)."),
+        capacity: int = typer.Option(10_000, help="Rows kept in the sample."),
+    ) -> None:
+        """Profile DATA (exact mergeable summaries + a bounded row sample), merging others.
+
+        Example: [bold]tfprod monitor profile shard0.csv --out all.profile.npz --merge
+        shard1.profile.npz[/]
+        """
+        from tfprod.monitor import Profile, load_dataset
+
+        d = load_dataset(data)
+        result = Profile.of(d.features, capacity=capacity)
+        for other in merge:
+            result = result.merge(Profile.load(other))
+        result.save(str(out).removesuffix(".profile.npz") + ".profile.npz")
+        console.print(table(f"profile of {result.rows:,} rows ({len(result.keys):,} sampled)",
+                            ["feature", "dtype", "count", "missing", "mean", "std", "min", "max"],
+                            [[k, s.dtype, s.count, s.missing, f"{s.mean:.4g}", f"{s.std:.4g}",
+                              s.minimum, s.maximum] for k, s in result.summaries.items()]))
+        err_console.print(f"[dim]wrote {out}[/]")
