@@ -54,7 +54,9 @@ def choose_test(kind: str, n_reference: int, n_current: int, override: str = "au
 def _finite(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x)
     if x.dtype.kind == "f":
-        x = x[np.isfinite(x)]
+        finite = np.isfinite(x)
+        if not finite.all():
+            x = x[finite]
     elif x.dtype.kind == "b":
         x = x.astype(np.int8)
     return x
@@ -91,9 +93,17 @@ def ks_wasserstein(reference: np.ndarray, current: np.ndarray, *, assume_sorted:
     return d, ks_p_value(d, n, m), w
 
 
+#: Above this effective sample size the limiting Kolmogorov distribution replaces ``kstwo``
+#: (they agree to 0.3% there; ``kstwo.sf`` can take a second per call at n = 500,000).
+KSTWO_MAX_N = 10_000
+
+
 def ks_p_value(d: float, n: int, m: int) -> float:
-    """Two-sided p-value of a two-sample KS statistic (scipy's ``asymp`` method)."""
+    """Two-sided p-value of a two-sample KS statistic (scipy's ``asymp`` method: ``kstwo`` at
+    the effective size ``n*m/(n+m)``; its limit, Kolmogorov's distribution, for large sizes)."""
     en = round(n * m / (n + m))
+    if en > KSTWO_MAX_N:
+        return float(np.clip(special.kolmogorov(np.sqrt(en) * d), 0.0, 1.0))
     return float(np.clip(stats.kstwo.sf(d, max(en, 1)), 0.0, 1.0))
 
 
