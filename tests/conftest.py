@@ -82,3 +82,17 @@ def digits_cnn(tmp_path_factory):
     path = tmp_path_factory.mktemp("digits_cnn") / "digits_cnn.keras"
     model.save(path)
     return TrainedDigits(model, str(path), train, test, accuracy)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server on a loopback port for this session (``tests/postgres_server``):
+    yields the server (``.url``, ``.stop()``, ``.start()``); always stopped at the end."""
+    from postgres_server import PostgresServer
+
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
