@@ -32,6 +32,23 @@ def _print(report: Any, title: str, html: Path | None, json_path: Path | None) -
     write_json(json_path, report.to_json())
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str) -> float:
+    """``"90s"``, ``"30m"``, ``"1h"``, ``"7d"`` -> seconds."""
+    from tfprod.errors import TfprodError
+
+    unit = text[-1:].lower()
+    try:
+        value = float(text[:-1]) if unit in _UNITS else float(text)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise TfprodError(f"--since {text!r}; expected a duration such as 90s, 30m, 1h or 7d")
+    return value * _UNITS.get(unit, 1)
+
+
 def register(app: typer.Typer) -> None:
     """Add ``tfprod monitor drift|profile|report`` to the root app."""
     monitor = group(app, "monitor", "Drift, validation and model quality (tfprod.monitor).")
@@ -69,6 +86,61 @@ def register(app: typer.Typer) -> None:
                               numeric_test=numeric_test, categorical_test=categorical_test)
         _print(report, f"{current} vs {reference}", html, json_path)
         raise typer.Exit(report.exit_status)
+
+    @monitor.command("report")
+    def report(
+        model_base_path: Path = typer.Option(..., "--model_base_path",
+                                             help="The model's folder of versions."),
+        log: str = typer.Option(..., help="The request log: SQLite path or postgresql:// URL."),
+        model_name: str | None = typer.Option(None, "--model_name",
+                                              help="Default: the base path's folder name."),
+        since: str = typer.Option("1h", help="The window: requests newer than this (90s, "
+                                  "30m, 1h, 7d)."),
+        fdr: float = typer.Option(0.05, help="False-discovery rate (Benjamini-Hochberg)."),
+        html: Path | None = typer.Option(None, help="Write the HTML report here."),
+        json_path: Path | None = typer.Option(None, "--json", help="Write the JSON here."),
+    ) -> None:
+        """Drift, validation and accuracy of the logged requests of a window, against the
+        reference sample of the model's newest version (labels from :feedback where given).
+
+        Example: [bold]tfprod monitor report --model_base_path models/digits --log
+        requests.db --since 1h --html report.html[/]
+        """
+        import time
+
+        from tfprod.errors import TfprodError
+        from tfprod.monitor import detect_drift, load_dataset
+        from tfprod.monitor.model import version_folder
+        from tfprod.monitor.store import open_store, records_to_dataset, redact
+
+        name = model_name or model_base_path.resolve().name
+        window = parse_since(since)
+        store = open_store(log, create=False)
+        try:
+            records = store.read(name, since=time.time() - window)
+        finally:
+            store.close()
+        if not records:
+            raise TfprodError(f"{redact(log)}: no logged requests of model {name!r} in the last "
+                              f"{since}; widen --since or check --log and --model_name")
+        version = version_folder(model_base_path)
+        if version is None:
+            raise TfprodError(f"{model_base_path}: no exported version there; give the folder "
+                              "of numbered versions the server serves")
+        ref = load_dataset(version)
+        cur = records_to_dataset(records)
+        cur.source = f"{redact(log)} ({len(records)} requests, last {since})"
+        tf()
+        from tfprod.monitor.model import ExportedModel
+
+        exported = ExportedModel(version)
+        if exported.has_embedding:
+            ref.embeddings = exported.embeddings(ref.features)
+            cur.embeddings = exported.embeddings(cur.features)
+        result = detect_drift(ref, cur, fdr=fdr)
+        _print(result, f"model {name}, last {since} ({cur.rows} rows) vs version "
+               f"{Path(version).name}", html, json_path)
+        raise typer.Exit(result.exit_status)
 
     @monitor.command("profile")
     def profile(

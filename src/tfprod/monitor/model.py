@@ -75,3 +75,14 @@ def with_model_outputs(model: Any, *datasets: Dataset) -> None:
             d.predictions = model.run(SERVING_DEFAULT, d.features)
         if d.embeddings is None and model.has_embedding:
             d.embeddings = model.embeddings(d.features)
+
+
+def penultimate(model: Any) -> Any:
+    """A Keras model from ``model``'s inputs to what its last layer takes (the embedding).
+
+    Export it beside the model, ``export_saved_model(model, base, extra_endpoints={"embedding":
+    penultimate(model)}, ...)``, and the multivariate drift test compares what the model sees.
+    """
+    import keras
+
+    return keras.Model(model.inputs, model.layers[-1].input, name="embedding")

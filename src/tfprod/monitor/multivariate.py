@@ -119,9 +119,11 @@ def mmd(reference: np.ndarray, current: np.ndarray, *, max_rows: int = MMD_MAX_R
         permutations: int = 200, seed: int = 0) -> MultivariateResult:
     """Unbiased MMD^2 of two ``[n, d]`` samples (Gaussian kernel), with a permutation p-value."""
     rng = np.random.default_rng(seed)
-    rows = min(len(reference), len(current), max_rows)
-    a = _subsample(np.asarray(reference, np.float64).reshape(len(reference), -1), rows, rng)
-    b = _subsample(np.asarray(current, np.float64).reshape(len(current), -1), rows, rng)
+    # Each side keeps up to max_rows rows (sizes may differ): a small window is compared with
+    # as much of the reference as the budget allows, not with an equally small subsample.
+    a = _subsample(np.asarray(reference, np.float64).reshape(len(reference), -1), max_rows, rng)
+    b = _subsample(np.asarray(current, np.float64).reshape(len(current), -1), max_rows, rng)
+    na, nb = len(a), len(b)
     z = np.concatenate([a, b])
     sq = np.sum(z * z, axis=1)
     d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * z @ z.T, 0.0)
@@ -129,18 +131,17 @@ def mmd(reference: np.ndarray, current: np.ndarray, *, max_rows: int = MMD_MAX_R
     bandwidth = float(np.median(off[off > 0])) if np.any(off > 0) else 1.0
     k = np.exp(-d2 / bandwidth)
     np.fill_diagonal(k, 0.0)
-    n = rows
     # Every permutation at once: column j of ``pos`` marks side A of permutation j (0: as given).
-    pos = np.empty((2 * n, permutations + 1), bool)
-    pos[:, 0] = np.arange(2 * n) < n
+    pos = np.empty((na + nb, permutations + 1), bool)
+    pos[:, 0] = np.arange(na + nb) < na
     for j in range(1, permutations + 1):
-        pos[:, j] = pos[rng.permutation(2 * n), 0]
+        pos[:, j] = pos[rng.permutation(na + nb), 0]
     kp = k @ pos
     kq = k.sum(1, keepdims=True) - kp
     s_aa = (kp * pos).sum(0)
     s_bb = (kq * ~pos).sum(0)
     s_ab = (kq * pos).sum(0)
-    values = (s_aa + s_bb) / (n * (n - 1)) - 2 * s_ab / (n * n)
+    values = s_aa / (na * (na - 1)) + s_bb / (nb * (nb - 1)) - 2 * s_ab / (na * nb)
     observed = float(values[0])
     p = float((1 + np.sum(values[1:] >= observed)) / (permutations + 1))
-    return MultivariateResult("mmd", observed, p, None, None, rows)
+    return MultivariateResult("mmd", observed, p, None, None, min(na, nb))

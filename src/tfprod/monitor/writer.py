@@ -45,6 +45,9 @@ class LogWriter:
         self._connect = connect
         self.capacity, self.batch_size, self.flush_interval = capacity, batch_size, flush_interval
         self.url = redact(url)
+        # Wake the writer at a full batch, or sooner when the buffer is small, so that a small
+        # buffer does not fill while the writer sleeps out flush_interval.
+        self._wake = max(min(batch_size, capacity // 4), 1)
         self.log: Log = log or (lambda _message: None)
         self._queue: deque[LogRecord] = deque()
         self._cond = threading.Condition(threading.Lock())
@@ -70,7 +73,7 @@ class LogWriter:
             self.pending += 1
             self._queue.append(record)
             self._pending_ids[record.request_id] = self._pending_ids.get(record.request_id, 0) + 1
-            if len(self._queue) >= self.batch_size:
+            if len(self._queue) >= self._wake:
                 self._cond.notify()
         return True
 

@@ -36,6 +36,7 @@ from tfprod.serve.errors import (
     unimplemented,
 )
 from tfprod.serve.examples import classification_result, examples_from_input, regression_result
+from tfprod.serve.hooks import request_id
 from tfprod.serve.tensors import from_ndarray, to_ndarray
 
 if TYPE_CHECKING:
@@ -153,8 +154,16 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             sig = _signature(servable, request.model_spec.signature_name, "predict")
             inputs = _decode_inputs(request.inputs, sig)
             wanted = _output_filter(request.output_filter, sig)
+            start = time.perf_counter()
             outputs = servable.predict(sig.name, inputs, deadline=deadline)
             served = servable.version
+        hooks = getattr(self.registry, "hooks", None)
+        if hooks is not None:  # the request log: queues and returns
+            metadata = dict(context.invocation_metadata() or ())
+            rid = request_id(metadata.get("x-request-id"))
+            context.set_trailing_metadata((("x-request-id", rid),))
+            hooks.on_predict(name, served, sig.name, inputs, outputs,
+                             time.perf_counter() - start, rid)
         response = predict_pb2.PredictResponse()
         _fill_spec(response.model_spec, name, served, sig.name)
         for key in wanted or outputs:

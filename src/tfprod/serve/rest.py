@@ -7,6 +7,9 @@ Routes, matched on the raw (still percent-encoded) path and case-insensitively, 
 - ``GET  /v1/models/{name}[/versions/{v} | /labels/{label}]/metadata``   signature defs
 - ``POST /v1/models/{name}[/versions/{v} | /labels/{label}]:predict``    also ``:classify``,
   ``:regress``
+- ``POST /v1/models/{name}:feedback``, ``GET /v1/models/{name}/monitor``: labels joined to
+  logged requests, and the drift of the recent window (answered by the attached
+  :mod:`~tfprod.serve.hooks`; not part of TF Serving)
 - ``GET  /v1/ready``: 200 once every configured model has an AVAILABLE version, else 503 (for
   load balancers; not part of TF Serving)
 - the monitoring path (``prometheus_config { path }``): Prometheus text.
@@ -38,6 +41,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from tfprod.serve import examples as ex
+from tfprod.serve import hooks as hk
 from tfprod.serve import json_codec, metrics
 from tfprod.serve.errors import ServingError, deadline_exceeded, invalid_argument, not_found
 
@@ -53,6 +57,9 @@ _NAME = r"([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
 _PREDICT = re.compile(r"/v1/models/" + _NAME + r":(classify|regress|predict)", re.IGNORECASE)
 _STATUS = re.compile(r"/v1/models(?:/" + _NAME + r")?(?:/(metadata))?", re.IGNORECASE)
 _V1 = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
+_FEEDBACK = re.compile(r"/v1/models/([^/:]+):feedback", re.IGNORECASE)
+_MONITOR = re.compile(r"/v1/models/([^/:]+)/monitor", re.IGNORECASE)
+_REQUEST_ID = "tfprod.request_id"
 READY_PATH = "/v1/ready"
 _INT64_MAX = 2 ** 63 - 1
 
@@ -106,6 +113,8 @@ class RestApi:
             status, body, content_type, close = 500, json_codec.error_body(
                 f"Internal error: {type(e).__name__}: {e}"), _JSON, False
         headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
+        if _REQUEST_ID in scope:
+            headers.append((b"x-request-id", scope[_REQUEST_ID].encode("latin-1")))
         if close:
             headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -125,10 +134,24 @@ class RestApi:
             if match:
                 name, version, label = _model_spec(match)
                 body = await self._read_body(scope, receive)
-                return await self._infer(match.group(4).lower(), name, version, label, body)
+                hooks = getattr(self.registry, "hooks", None)
+                rid = None
+                if hooks is not None:
+                    rid = scope[_REQUEST_ID] = hk.request_id(_header(scope, b"x-request-id"))
+                return await self._infer(match.group(4).lower(), name, version, label, body, rid)
+            match = _FEEDBACK.fullmatch(path)
+            if match:
+                body = await self._read_body(scope, receive)
+                call = functools.partial(self._hooks("feedback").feedback,
+                                         _decode(match.group(1), "model name"), body)
+                return 200, await asyncio.get_running_loop().run_in_executor(None, call), _JSON
         elif method in ("GET", "HEAD") and path.lower() == READY_PATH:
             return self._ready()
         if method == "GET":
+            match = _MONITOR.fullmatch(path)
+            if match:
+                return 200, self._hooks("monitor").monitor(_decode(match.group(1),
+                                                                   "model name")), _JSON
             match = _STATUS.fullmatch(path)
             if match:
                 if match.group(1) is None:
@@ -165,8 +188,15 @@ class RestApi:
 
     # ------------------------------------------------------------------------ inference
 
+    def _hooks(self, route: str) -> Any:
+        hooks = getattr(self.registry, "hooks", None)
+        if hooks is None:
+            raise not_found(f"The {route} route needs request logging; start tfprod serve with "
+                            "--request_log=URL or a logging_config in models.config")
+        return hooks
+
     async def _infer(self, api: str, name: str, version: int | None, label: str | None,
-                     body: bytes) -> tuple[int, bytes, bytes]:
+                     body: bytes, request_id: str | None = None) -> tuple[int, bytes, bytes]:
         start = time.perf_counter()
         status = "OK"
         try:
@@ -181,7 +211,8 @@ class RestApi:
                         info = servable.signature(signature or None)
                         inputs, fmt = json_codec.decode_predict(request, info.inputs)
                     del request  # the parsed lists are not needed while the model runs
-                    result = await self._predict(servable, signature, inputs, fmt)
+                    result = await self._predict(servable, signature, inputs, fmt,
+                                                 (request_id, start))
                 else:
                     result = await self._classify_or_regress(api, servable, signature, examples)
             return 200, result, _JSON
@@ -198,11 +229,15 @@ class RestApi:
     def _deadline(self) -> float | None:
         return None if self.timeout_s is None else time.monotonic() + self.timeout_s
 
-    async def _predict(self, servable: Any, signature: str, inputs: dict[str, Any], fmt: str
-                       ) -> bytes:
+    async def _predict(self, servable: Any, signature: str, inputs: dict[str, Any], fmt: str,
+                       logged: tuple[str | None, float] = (None, 0.0)) -> bytes:
         deadline = self._deadline()
         future = servable.submit(signature or None, inputs, deadline=deadline)
         outputs = await self._wait(asyncio.wrap_future(future), deadline)
+        if logged[0] is not None:  # the request log's hook: queues and returns
+            self.registry.hooks.on_predict(servable.name, servable.version,
+                                           signature or "serving_default", inputs, outputs,
+                                           time.perf_counter() - logged[1], logged[0])
         with _gc_paused():
             return json_codec.encode_predict(outputs, fmt)
 
@@ -294,6 +329,13 @@ def _gc_paused() -> Iterator[None]:
         yield
     finally:
         gc.enable()
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return None
 
 
 def _available(registry: Any, name: str) -> bool:
