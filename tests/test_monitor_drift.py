@@ -251,3 +251,24 @@ def test_bad_options_get_one_line():
         detect_drift({"a": np.zeros(5)}, {"a": np.zeros(5)}, numeric_test="t")
     with pytest.raises(TfprodError, match="fdr=2"):
         detect_drift({"a": np.zeros(5)}, {"a": np.zeros(5)}, fdr=2)
+
+
+def test_skew_comparators():
+    from tfprod.monitor import feature_skew, prediction_skew
+
+    rng = np.random.default_rng(9)
+    train = {"x": rng.standard_normal(2000), "c": rng.choice(["a", "b"], 2000).astype(object)}
+    served = {"x": rng.standard_normal(2000) * 2 + 1,  # a different scaling at serving time
+              "c": rng.choice(["a", "b"], 2000, p=[0.9, 0.1]).astype(object)}
+    by = {s["name"]: s for s in feature_skew(train, served)}
+    assert by["x"]["measure"] == "jensen_shannon" and by["x"]["skew"]
+    assert by["c"]["measure"] == "l_infinity" and by["c"]["score"] == pytest.approx(0.4, abs=0.04)
+    same = feature_skew(train, {k: v[::-1].copy() for k, v in train.items()})
+    assert not any(s["skew"] for s in same) and all(s["score"] < 1e-9 for s in same)
+    probs = rng.dirichlet([1, 1, 1], 100)
+    flipped = probs.copy()
+    flipped[:5] = flipped[:5, ::-1]
+    out = prediction_skew({"p": probs}, {"p": flipped})
+    assert out["p"]["skew"] and out["p"]["class_flips"] == pytest.approx(
+        np.mean(probs.argmax(1) != flipped.argmax(1)))
+    assert not prediction_skew({"p": probs}, {"p": probs + 1e-6})["p"]["skew"]

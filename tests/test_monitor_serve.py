@@ -215,3 +215,17 @@ def test_an_unusable_log_stops_the_server_with_one_line(tiny_base, tmp_path, url
     assert out.returncode == 2
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0] and "pw" not in errors[0]
+
+
+def test_logging_config_in_models_config():
+    from tfprod.serve.config import ConfigError, parse_model_server_config
+
+    text = ('model_config_list { config { name: "d" base_path: "/m" logging_config { '
+            'log_collector_config { type: "%s" filename_prefix: "%s" } '
+            'sampling_config { sampling_rate: %s } } } }')
+    (spec,) = parse_model_server_config(text % ("sqlite", "/logs/d.db", "0.25"))
+    assert spec.logging.url == "/logs/d.db" and spec.logging.sampling_rate == 0.25
+    with pytest.raises(ConfigError, match="type 'kafka'"):
+        parse_model_server_config(text % ("kafka", "x", "1"))
+    with pytest.raises(ConfigError, match="sampling_rate 1.5"):
+        parse_model_server_config(text % ("", "/x.db", "1.5"))

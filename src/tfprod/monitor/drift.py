@@ -78,10 +78,12 @@ def _test_column(ref: dict, cur: dict, column: Column, numeric_test: str, catego
     return _categorical(column.name, test, a, b)
 
 
-def _joint_matrix(ref: dict, cur: dict, columns: list[Column]) -> tuple[np.ndarray, np.ndarray]:
+def _joint_matrix(ref: dict, cur: dict, columns: list[Column], rows_a: np.ndarray,
+                  rows_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The columns as ``[rows, columns]`` float32 matrices of the chosen rows only."""
     ra, ca = [], []
     for c in columns:
-        a, b = column_values(ref, c), column_values(cur, c)
+        a, b = column_values(ref, c)[rows_a], column_values(cur, c)[rows_b]
         if c.kind == "categorical":
             cats = np.union1d(uni._as_categories(a), uni._as_categories(b))
             a = np.searchsorted(cats, uni._as_categories(a))
@@ -89,6 +91,11 @@ def _joint_matrix(ref: dict, cur: dict, columns: list[Column]) -> tuple[np.ndarr
         ra.append(np.asarray(a, np.float32))
         ca.append(np.asarray(b, np.float32))
     return np.stack(ra, 1), np.stack(ca, 1)
+
+
+def _rows(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """At most ``k`` row indices of ``n``, sorted (the domain classifier's subsample)."""
+    return np.arange(n) if n <= k else np.sort(rng.choice(n, k, replace=False))
 
 
 def _multivariate(ref: Dataset, cur: Dataset, columns: list[Column], how: str, seed: int
@@ -104,7 +111,9 @@ def _multivariate(ref: Dataset, cur: Dataset, columns: list[Column], how: str, s
     scalar = [c for c in columns if c.part in ("value", "element")]
     if how == "auto" and len(scalar) < 2:
         return None
-    a, b = _joint_matrix(ref.features, cur.features, scalar or columns)
+    rng = np.random.default_rng(seed)
+    a, b = _joint_matrix(ref.features, cur.features, scalar or columns,
+                         _rows(ref.rows, mv.MAX_ROWS, rng), _rows(cur.rows, mv.MAX_ROWS, rng))
     finite = np.isfinite(a).all(1)
     a = a[finite]
     b = b[np.isfinite(b).all(1)]
