@@ -7,9 +7,12 @@ imported only through :func:`tf` (inside a verb), so ``tfprod --help`` answers a
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
+from rich import box
+from rich.cells import cell_len
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -62,11 +65,45 @@ def write_text(path: Path | None, text: str) -> None:
     err_console.print(f"[dim]wrote {path}[/]")
 
 
-def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
-    """A left-titled table; cell text is escaped so user strings never read as markup."""
-    out = Table(title=title, title_justify="left")
-    for c in columns:
-        out.add_column(c, overflow="fold")
-    for r in rows:
-        out.add_row(*[escape(str(v)) for v in r])
+_NUMBER = re.compile(r"^[-+]?[\d.,]*\d[\d.,]*\s?(µs|ms|s|KB|MB|GB|B|x|%|/s)?$")
+_LONGEST_UNBROKEN = 24  # longer words (paths) fold; anything shorter is never cut
+
+
+def table(title: str, columns: list[str], rows: list[list[Any]], *,
+          width: int | None = None) -> Table:
+    """A left-titled table that stays readable at 80 columns and uses the width it has.
+
+    No word of a header or cell is cut in two (only words longer than 24 characters, such as
+    paths, fold); numeric columns (numbers with an optional unit) are right-aligned. When the
+    bordered layout cannot hold every column's longest word at ``width`` (the terminal's by
+    default), the table drops its vertical borders and edge padding (two characters between
+    columns instead of three). Spare width goes first to the columns that need the least to
+    show their headers and cells unwrapped. Cell text is escaped so user strings never read as
+    markup.
+    """
+    cells = [[str(v) for v in r] for r in rows]
+    least, natural, numeric = [], [], []
+    for i, name in enumerate(columns):
+        column = [r[i] for r in cells if i < len(r)]
+        is_number = bool(column) and all(v in ("", "-") or _NUMBER.match(v) for v in column)
+        words = name.split() + [w for v in column for w in ([v] if is_number else v.split())]
+        least.append(min(max((cell_len(w) for w in words), default=1), _LONGEST_UNBROKEN))
+        natural.append(max(cell_len(v) for v in [name, *column]))
+        numeric.append(is_number)
+    available = width or console.width
+    n = len(columns)
+    bordered = sum(least) + 3 * n + 1 <= available
+    spare = available - sum(least) - (3 * n + 1 if bordered else 2 * (n - 1))
+    widths = list(least)
+    for i in sorted(range(n), key=lambda i: natural[i] - least[i]):
+        grow = min(max(spare, 0), natural[i] - widths[i])
+        widths[i] += grow
+        spare -= grow
+    style = {} if bordered else {"box": box.SIMPLE_HEAD, "show_edge": False, "pad_edge": False,
+                                 "collapse_padding": True}
+    out = Table(title=title, title_justify="left", **style)
+    for name, w, is_number in zip(columns, widths, numeric, strict=True):
+        out.add_column(name, width=w, overflow="fold", justify="right" if is_number else "left")
+    for r in cells:
+        out.add_row(*[escape(v) for v in r])
     return out
