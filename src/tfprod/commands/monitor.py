@@ -18,15 +18,22 @@ def _print(report: Any, title: str, html: Path | None, json_path: Path | None) -
     from tfprod.monitor.html import render_html
 
     console.print(table(f"{title}: {len(report.drifted)} of {len(report.features)} features "
-                        f"drifted (BH, FDR {report.fdr:g})", report.columns, report.rows()))
+                        f"drifted (BH, FDR {report.fdr:g})", report.columns,
+                        report.rows(limit=max(15, len(report.drifted) + 5))))
+    if len(report.features) > max(15, len(report.drifted) + 5):
+        console.print(f"[dim]... {len(report.features)} columns in all (--json / --html have "
+                      "every one)[/]")
     if report.prediction_drift:
         console.print(table("predictions", ["output", "test", "score", "drift"], [
             [k, v["test"], f"{v['score']:.3f}", "DRIFT" if v["drift"] else "-"]
             for k, v in report.prediction_drift.items()]))
     if report.validation:
-        console.print(table("validation", ["feature", "check", "severity", "rows", "examples"], [
+        issues = sorted(report.validation, key=lambda v: (v["severity"] != "error", -v["count"]))
+        more = f", the first 10 of {len(issues)}" if len(issues) > 10 else ""
+        console.print(table(f"validation{more}", ["feature", "check", "severity", "rows",
+                                                  "examples"], [
             [v["feature"], v["check"], v["severity"], v["count"],
-             ", ".join(map(str, v["examples"]))] for v in report.validation]))
+             ", ".join(map(str, v["examples"]))] for v in issues[:10]]))
     console.print(report.summary(), highlight=False, soft_wrap=True)
     write_text(html, render_html(report, title=title) if html else "")
     write_json(json_path, report.to_json())
