@@ -97,6 +97,27 @@ def test_requests_are_logged_exactly_with_their_ids(served):
     assert logged.latency_ms > 0
 
 
+def test_grpc_predicts_are_logged_with_the_metadata_id(served):
+    import grpc
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from tfprod.serve.tensors import from_ndarray
+
+    _, log, server = served
+    x, _ = _data(np.random.default_rng(11), 2)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "tiny"
+    from_ndarray(x, request.inputs["x"])
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        _, call = stub.Predict.with_call(request, metadata=(("x-request-id", "grpc-1"),),
+                                         timeout=30)
+        assert dict(call.trailing_metadata())["x-request-id"] == "grpc-1"
+    store = open_store(str(log), create=False)
+    logged = _wait_for(lambda: [r for r in store.read("tiny") if r.request_id == "grpc-1"])
+    assert np.array_equal(logged[0].inputs["x"], x) and logged[0].version == 1
+
+
 def test_feedback_joins_labels_and_rejects_bad_ones_in_one_line(served):
     client, log, _ = served
     rng = np.random.default_rng(2)
