@@ -11,14 +11,16 @@ TFX tools read), with ``log_metadata`` (model spec, sampling rate, time).
 
 from __future__ import annotations
 
-import json
 import struct
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 _LEN = struct.Struct("<I")
+_BIG_ENDIAN = sys.byteorder == "big"
 
 
 @dataclass(slots=True)
@@ -64,10 +66,12 @@ def encode_tensors(tensors: dict[str, Any]) -> bytes:
             data = b"".join(_LEN.pack(len(x)) + x for x in items)
             header.append([name, "string", list(a.shape), len(data)])
         else:
-            data = np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
-            header.append([name, a.dtype.str.lstrip("<>|="), list(a.shape), len(data)])
+            if a.dtype.byteorder == ">" or (a.dtype.byteorder == "=" and _BIG_ENDIAN):
+                a = a.astype(a.dtype.newbyteorder("<"))
+            data = a.tobytes()  # C order, whatever the array's layout
+            header.append([name, a.dtype.str[1:], a.shape, len(data)])
         chunks.append(data)
-    head = json.dumps(header, separators=(",", ":")).encode()
+    head = orjson.dumps(header)
     return _LEN.pack(len(head)) + head + b"".join(chunks)
 
 
@@ -75,7 +79,7 @@ def decode_tensors(blob: bytes | memoryview) -> dict[str, np.ndarray]:
     """The inverse of :func:`encode_tensors`."""
     blob = memoryview(blob)
     (size,) = _LEN.unpack_from(blob, 0)
-    header = json.loads(bytes(blob[4:4 + size]))
+    header = orjson.loads(bytes(blob[4:4 + size]))
     offset = 4 + size
     out: dict[str, np.ndarray] = {}
     for name, dtype, shape, length in header:
