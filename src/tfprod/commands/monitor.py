@@ -73,8 +73,10 @@ def register(app: typer.Typer) -> None:
         html: Path | None = typer.Option(None, help="Write the HTML report here."),
         json_path: Path | None = typer.Option(None, "--json", help="Write the JSON here."),
     ) -> None:
-        """Compare CURRENT with REFERENCE: per-feature tests, the joint distribution, the
-        model's predictions (when REFERENCE is an exported version) and the schema.
+        """Drift of CURRENT from REFERENCE: features, joint distribution, predictions, schema.
+
+        Per-feature tests with Benjamini-Hochberg, a domain classifier (or MMD on the model's
+        embeddings), and the model's predictions when REFERENCE is an exported version.
 
         Example: [bold]tfprod monitor drift models/digits/1 shifted.npz --html drift.html[/]
         """
@@ -107,8 +109,10 @@ def register(app: typer.Typer) -> None:
         html: Path | None = typer.Option(None, help="Write the HTML report here."),
         json_path: Path | None = typer.Option(None, "--json", help="Write the JSON here."),
     ) -> None:
-        """Drift, validation and accuracy of the logged requests of a window, against the
-        reference sample of the model's newest version (labels from :feedback where given).
+        """Drift, validation and accuracy of a window of the request log.
+
+        Compared with the reference sample of the model's newest version; accuracy from the
+        labels sent to :feedback where they arrived, estimated from confidence where not.
 
         Example: [bold]tfprod monitor report --model_base_path models/digits --log
         requests.db --since 1h --html report.html[/]
@@ -156,7 +160,7 @@ def register(app: typer.Typer) -> None:
         merge: list[Path] = typer.Option([], help="Profiles to merge into it (repeatable)."),
         capacity: int = typer.Option(10_000, help="Rows kept in the sample."),
     ) -> None:
-        """Profile DATA (exact mergeable summaries + a bounded row sample), merging others.
+        """Profile DATA: exact mergeable summaries and a bounded row sample.
 
         Example: [bold]tfprod monitor profile shard0.csv --out all.profile.npz --merge
         shard1.profile.npz[/]
