@@ -102,3 +102,26 @@ def test_bad_sources_get_one_line(tmp_path):
     (tmp_path / "1" / "saved_model.pb").write_bytes(b"")
     with pytest.raises(TfprodError, match="no reference sample"):
         load_dataset(tmp_path)
+
+
+def test_parquet_and_a_version_folder_load(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tfprod.export.reference import write_reference_sample
+
+    pq.write_table(pa.table({"x": [1.5, 2.5, 3.5], "color": ["r", "g", "b"]}),
+                   tmp_path / "t.parquet")
+    d = load_dataset(tmp_path / "t.parquet").features
+    assert d["x"].tolist() == [1.5, 2.5, 3.5] and d["color"].tolist() == ["r", "g", "b"]
+    version = tmp_path / "base" / "3"
+    rng = np.random.default_rng(6)
+    x, p = rng.standard_normal((7000, 2)).astype(np.float32), rng.random((7000, 4))
+    write_reference_sample(version, {"x": x}, {"probabilities": p}, np.arange(7000) % 4)
+    (version / "saved_model.pb").write_bytes(b"")
+    for path in (version, tmp_path / "base"):  # a version folder or its base path (newest)
+        ref = load_dataset(path)
+        assert ref.features["x"].shape == (5000, 2) and ref.predictions["probabilities"].shape \
+            == (5000, 4) and ref.labels.shape == (5000,)
+        rows = {tuple(r) for r in x.tolist()}
+        assert all(tuple(r) in rows for r in ref.features["x"][:50].tolist())
