@@ -1,8 +1,42 @@
-"""Models for the seed scenarios: presets, a GAN for the digits, stateful custom layers."""
+"""Models for the seed scenarios: presets, a recommender, a GAN for the digits, custom layers.
 
+- :func:`mlp`, :func:`small_cnn`: compiled presets.
+- :class:`UserItemEmbedding`, :class:`Recommender`, :func:`train_recommender`: matrix
+  factorization for implicit feedback (in-batch softmax) or ratings, top-k with a popularity
+  fallback; :func:`evaluate_ranking`, :func:`popularity_recommender`,
+  :func:`model_recommender`: recall@k and NDCG@k against popularity.
+- :class:`RunningMeanNormalization`: a stateful layer (variables vs tensors).
+- :func:`make_generator`, :func:`make_discriminator`: the digits GAN.
+
+Importing this package registers tfprod's Keras classes, so ``keras.saving.load_model``
+can read ``.keras`` files that use them.
+"""
+
+from tfprod.models.embeddings import UserItemEmbedding
 from tfprod.models.gan import make_discriminator, make_generator
 from tfprod.models.layers import RunningMeanNormalization
 from tfprod.models.presets import mlp, small_cnn
+from tfprod.models.ranking import (
+    RankingResult,
+    evaluate_ranking,
+    model_recommender,
+    popularity_recommender,
+    recall_ndcg,
+)
+from tfprod.models.recommender import Recommender, train_recommender
 
-__all__ = ["RunningMeanNormalization", "make_discriminator", "make_generator", "mlp",
-           "small_cnn"]
+__all__ = [
+    "RankingResult",
+    "Recommender",
+    "RunningMeanNormalization",
+    "UserItemEmbedding",
+    "evaluate_ranking",
+    "make_discriminator",
+    "make_generator",
+    "mlp",
+    "model_recommender",
+    "popularity_recommender",
+    "recall_ndcg",
+    "small_cnn",
+    "train_recommender",
+]

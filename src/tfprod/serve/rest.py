@@ -38,7 +38,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from tfprod.serve import examples as ex
-from tfprod.serve import json_codec, metrics
+from tfprod.serve import json_codec, metrics, ragged
 from tfprod.serve.errors import ServingError, deadline_exceeded, invalid_argument, not_found
 
 Scope = MutableMapping[str, Any]
@@ -179,7 +179,7 @@ class RestApi:
                 if examples is None:
                     with _gc_paused():
                         info = servable.signature(signature or None)
-                        inputs, fmt = json_codec.decode_predict(request, info.inputs)
+                        inputs, fmt = ragged.decode_predict(request, info.inputs)
                     del request  # the parsed lists are not needed while the model runs
                     result = await self._predict(servable, signature, inputs, fmt)
                 else:
