@@ -155,8 +155,9 @@ def synthetic_interactions(
     so a few users are very active) without replacement, with probabilities proportional to
     ``exp(strength * <U_u, V_i> + log p_i)``; ``U`` and ``V`` have normal entries scaled so
     that ``<U_u, V_i>`` has unit variance, ``p_i`` is Zipf(``popularity_exponent``) over a random
-    order of the items. Ratings (1 to 5) grow with the same preference plus noise; timestamps
-    are a random order of all interactions.
+    order of the items. Ratings (1 to 5, centred on 3) grow with the same preference, plus a
+    leniency per user, a quality per item and noise; timestamps are a random order of all
+    interactions.
 
     Args:
         num_users, num_items: sizes of the id spaces.
@@ -198,7 +199,11 @@ def synthetic_interactions(
             ratings.append(affinity[row, chosen])
     users_a, items_a = np.concatenate(users).astype(np.int64), np.concatenate(items)
     affinity_a = np.concatenate(ratings)
-    scaled = 3.0 + 1.5 * affinity_a / affinity_a.std() + rng.normal(0, 0.5, len(affinity_a))
+    # Ratings: the preference among the chosen items, a user's leniency and an item's
+    # quality, plus noise (every part is something a model with biases can learn, but noise).
+    user_bias, item_bias = rng.normal(0, 0.5, num_users), rng.normal(0, 0.5, num_items)
+    scaled = (3.0 + (affinity_a - affinity_a.mean()) / affinity_a.std() + user_bias[users_a]
+              + item_bias[items_a] + rng.normal(0, 0.5, len(affinity_a)))
     return SyntheticInteractions(
         users=users_a, items=items_a.astype(np.int64), num_users=num_users,
         num_items=num_items, ratings=np.clip(np.round(scaled), 1, 5).astype(np.float32),

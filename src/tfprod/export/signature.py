@@ -82,6 +82,12 @@ def _subclassed_inputs(model: keras.Model) -> tuple[dict[str, tf.TensorSpec], st
     """The inputs of a subclassed model, from the shapes Keras recorded when it was first
     built or called (batch dimension freed; dtype: the model's input dtype)."""
     shapes = getattr(model, "_build_shapes_dict", None) or {}
+    if model.built and getattr(model, "_called", False) and not shapes:
+        raise TfprodError(
+            f"model {model.name!r} was called, but Keras recorded no input shape for it: it "
+            "could not trace call() on symbolic inputs, and a serving graph needs exactly "
+            "that; use keras.ops.cond / tf.cond instead of Python 'if' on tensor values and "
+            "keras.ops instead of .numpy()/float(), or pass input_signature= to see the error")
     if not model.built or len(shapes) != 1:
         raise TfprodError(
             f"model {model.name!r} is a subclassed model that has never been called or built, "

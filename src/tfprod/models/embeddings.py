@@ -124,10 +124,11 @@ class UserItemEmbedding(keras.layers.Layer):
             import tensorflow as tf
 
             bad = tf.boolean_mask(ids, tf.logical_not(known))
-            check = tf.debugging.assert_equal(
-                tf.size(bad), 0, message=f"{what} outside the table [0, {size}) (the model "
-                f"was built with oov='error'; use oov='reserved' to score unknown ids)",
-                data=[bad[:5]], summarize=5)
+            message = tf.strings.format(
+                f"{what} {{}} is outside the table [0, {size}); this model was built with "
+                "oov='error' (oov='reserved' scores unknown ids with a zero row)",
+                [bad[:1]], summarize=1)
+            check = tf.debugging.Assert(tf.equal(tf.size(bad), 0), [message])
             with tf.control_dependencies([check]):
                 ids = tf.identity(ids)
         return ops.where(known, ids, size)

@@ -133,13 +133,14 @@ class _StepTimer(keras.callbacks.Callback):
 def compare_batching(train: tuple[Sequence[np.ndarray], np.ndarray],
                      test: tuple[Sequence[np.ndarray], np.ndarray], *, vocab_size: int,
                      num_classes: int, epochs: int = 4, batch_size: int = 64,
-                     num_buckets: int = 8, seed: int = 0,
+                     num_buckets: int = 8, units: int = 32, seed: int = 0,
                      strategies: Sequence[str] = STRATEGIES) -> list[BatchingRun]:
     """Trains the same initial model on pad-to-max and on bucketed batches, side by side.
 
     Both runs see the same sequences in each epoch (reshuffled with the same seed); each
     batch of the pad-to-max run is padded to the longest training sequence, each bucketed
     batch to its own longest. Speed is measured from the second epoch on (the first traces).
+    ``units`` are the GRU's units per direction (see :func:`sequence_classifier`).
 
     Returns:
         One :class:`BatchingRun` per strategy, in the order asked.
@@ -155,7 +156,7 @@ def compare_batching(train: tuple[Sequence[np.ndarray], np.ndarray],
     longest = max(len(s) for s in sequences)
     boundaries = bucket_boundaries([len(s) for s in sequences], num_buckets)
     keras.utils.set_random_seed(seed)
-    template = sequence_classifier(vocab_size, num_classes)
+    template = sequence_classifier(vocab_size, num_classes, units=units)
     weights = template.get_weights()
     rows = []
     for strategy in strategies:
@@ -167,7 +168,7 @@ def compare_batching(train: tuple[Sequence[np.ndarray], np.ndarray],
         pipeline = _pipeline(strategy, sequences, labels, batch_size=batch_size, seed=seed,
                              longest=longest, boundaries=boundaries)
         keras.utils.set_random_seed(seed)
-        model = sequence_classifier(vocab_size, num_classes)
+        model = sequence_classifier(vocab_size, num_classes, units=units)
         model.set_weights(weights)
         timer = _StepTimer()
         model.fit(pipeline, epochs=epochs, verbose=0, callbacks=[timer],
