@@ -1,5 +1,6 @@
-"""The masking-aware sequence classifier: same answer at any padding, the generated task,
-pad-to-max vs bucketing side by side, and refusals of empty or too-long sequences."""
+"""The masking-aware sequence classifier: same answer at any padding, the generated task, the
+signature that pads inside, and refusals of empty or too-long sequences (pad-to-max vs
+bucketing runs end to end in test_models_cli.py)."""
 
 import keras
 import numpy as np
@@ -13,7 +14,6 @@ from tfprod.export import export_saved_model
 from tfprod.export.ragged import RaggedInput
 from tfprod.models.sequence import (
     check_sequences,
-    compare_batching,
     predict_sequences,
     sequence_classifier,
 )
@@ -40,21 +40,6 @@ def test_the_model_gives_the_same_answer_at_any_padding():
     # Out-of-vocabulary ids share one row: 300 and 301 give the same answer.
     other = model(np.array([[5, 9, 1, 301, -2]], np.int32)).numpy()
     np.testing.assert_allclose(other, short, rtol=1e-6)
-
-
-@pytest.mark.slow  # two BiGRU trainings, each traced for several batch shapes (~18 s)
-def test_pad_to_max_and_bucketing_side_by_side():
-    train = sequence_task(128, median=6, max_length=48, seed=0)
-    test = sequence_task(32, median=6, max_length=48, seed=1)
-    runs = compare_batching(train, test, vocab_size=50, num_classes=4, epochs=2,
-                            batch_size=32, num_buckets=3, units=4)
-    by = {r.strategy: r for r in runs}
-    assert set(by) == {"pad_to_max", "bucketed"}
-    assert by["pad_to_max"].waste_pct > by["bucketed"].waste_pct + 20
-    assert by["pad_to_max"].batches == 4 and by["bucketed"].batches >= 4
-    for run in runs:
-        assert run.steps_per_s > 0 and 0 <= run.accuracy <= 100
-        assert "model" not in run.to_json()
 
 
 def test_bucketed_batches_know_their_cardinality_and_refuse_overlong_sequences():

@@ -168,6 +168,7 @@ def models_sequence(
     median: int = typer.Option(20, help="Median sequence length."),
     epochs: int = typer.Option(3, help="Epochs per strategy (the first is not timed)."),
     batch_size: int = typer.Option(64, help="Sequences per batch."),
+    units: int = typer.Option(32, help="GRU units per direction."),
     export: Path | None = typer.Option(None, help="Export the bucketed model to "
                                                   "BASE/<version>/ (variable-length lists in)."),
     json_path: Path | None = typer.Option(None, "--json", help="Also write the report as JSON."),
@@ -192,7 +193,7 @@ def models_sequence(
     with progress() as p:
         p.add_task(f"training twice ({epochs} epochs each)", total=None)
         runs = compare_batching(train, test, vocab_size=50, num_classes=4, epochs=epochs,
-                                batch_size=batch_size)
+                                batch_size=batch_size, units=units)
         exported = None
         if export is not None:
             from tfprod.export import export_saved_model

@@ -125,8 +125,9 @@ class UserItemEmbedding(keras.layers.Layer):
 
             bad = tf.boolean_mask(ids, tf.logical_not(known))
             message = tf.strings.format(
+                # No quotes: the Assert op escapes them in its message.
                 f"{what} {{}} is outside the table [0, {size}); this model was built with "
-                "oov='error' (oov='reserved' scores unknown ids with a zero row)",
+                "oov=error (oov=reserved scores unknown ids with a zero row)",
                 [bad[:1]], summarize=1)
             check = tf.debugging.Assert(tf.equal(tf.size(bad), 0), [message])
             with tf.control_dependencies([check]):
