@@ -105,6 +105,29 @@ def models_recommender(
     write_json(json_path, report)
 
 
+def _export_probe(style: str, *, called: bool) -> None:
+    """Exports the style's model with tfprod's exporter and no hand-written signature."""
+    import tempfile
+
+    import numpy as np
+
+    from tfprod.export.savedmodel import build_archive
+    from tfprod.models.styles import BUILDERS, INPUT_SHAPE
+
+    model = BUILDERS[style]()
+    if called:
+        model(np.zeros((1, *INPUT_SHAPE), "float32"))
+    with tempfile.TemporaryDirectory() as tmp:
+        build_archive(model).write_out(tmp, verbose=False)
+
+
+#: The export rows of the styles table (the exporter is a later stage than the models).
+EXPORT_PROBES = {
+    "export, no input signature, unbuilt": lambda s: _export_probe(s, called=False),
+    "export, no input signature, after 1 call": lambda s: _export_probe(s, called=True),
+}
+
+
 def models_styles(
     export: Path | None = typer.Option(None, help="Export each style to DIR/<style>/1/."),
     epochs: int = typer.Option(3, help="Training epochs of the functional model (the others "
@@ -128,7 +151,7 @@ def models_styles(
 
     with progress() as p:
         task = p.add_task("probing the three styles", total=None)
-        probes = capabilities()
+        probes = capabilities(EXPORT_PROBES)
         p.update(task, description="training the functional model")
         (x_train, y_train), (x_test, y_test) = load_digits(8)
         models = {s: build_style(s) for s in STYLES}

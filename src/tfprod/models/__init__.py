@@ -5,6 +5,10 @@
   factorization for implicit feedback (in-batch softmax) or ratings, top-k with a popularity
   fallback; :func:`evaluate_ranking`, :func:`popularity_recommender`,
   :func:`model_recommender`: recall@k and NDCG@k against popularity.
+- :func:`sequence_classifier`, :func:`compare_batching`, :func:`predict_sequences`: a
+  masking-aware classifier of variable-length sequences; pad-to-max vs bucketing.
+- :func:`sequential_model`, :func:`functional_model`, :class:`SubclassedClassifier`,
+  :func:`capabilities`, :func:`share_weights`: one CNN in the three Keras styles.
 - :class:`RunningMeanNormalization`: a stateful layer (variables vs tensors).
 - :func:`make_generator`, :func:`make_discriminator`: the digits GAN.
 
@@ -24,19 +28,43 @@ from tfprod.models.ranking import (
     recall_ndcg,
 )
 from tfprod.models.recommender import Recommender, train_recommender
+from tfprod.models.sequence import (
+    BatchingRun,
+    compare_batching,
+    predict_sequences,
+    sequence_classifier,
+)
+from tfprod.models.styles import (
+    SubclassedClassifier,
+    capabilities,
+    functional_model,
+    sequential_model,
+    share_weights,
+    subclassed_model,
+)
 
 __all__ = [
+    "BatchingRun",
     "RankingResult",
     "Recommender",
     "RunningMeanNormalization",
+    "SubclassedClassifier",
     "UserItemEmbedding",
+    "capabilities",
+    "compare_batching",
     "evaluate_ranking",
+    "functional_model",
     "make_discriminator",
     "make_generator",
     "mlp",
     "model_recommender",
     "popularity_recommender",
+    "predict_sequences",
     "recall_ndcg",
+    "sequence_classifier",
+    "sequential_model",
+    "share_weights",
     "small_cnn",
+    "subclassed_model",
     "train_recommender",
 ]

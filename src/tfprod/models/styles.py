@@ -5,9 +5,11 @@ flatten -> dense -> dropout -> probabilities``, with the same layer names in the
 so weights move between them with ``set_weights`` and the outputs agree.
 
 :func:`capabilities` probes what each style can and cannot do, by doing it: a summary before
-any data, a symbolic layer graph, several inputs, a ``.keras`` round trip, export without a
-hand-written input signature (before and after the first call), Python control flow in
-``call``. :func:`share_weights` copies one model's weights into the others.
+any data, a symbolic layer graph, several inputs, a ``.keras`` round trip, Python control
+flow in
+``call``; ``tfprod models styles`` adds export without a hand-written input signature,
+before and after the first call. :func:`share_weights` copies one model's weights into the
+others.
 """
 
 from __future__ import annotations
@@ -206,17 +208,6 @@ def _round_trip(style: str) -> str | None:
     return "registered class + get_config" if style == "subclassed" else None
 
 
-def _export(style: str, *, called: bool) -> str | None:
-    from tfprod.export.savedmodel import build_archive
-
-    model = BUILDERS[style]()
-    if called:
-        model(np.zeros((1, *INPUT_SHAPE), "float32"))
-    with tempfile.TemporaryDirectory() as tmp:
-        build_archive(model).write_out(tmp, verbose=False)
-    return None
-
-
 def _python_control_flow(style: str) -> str | None:
     if style != "subclassed":
         raise TfprodError("only inside a layer; the model is a fixed graph of layers")
@@ -225,18 +216,23 @@ def _python_control_flow(style: str) -> str | None:
     return "mirror averaging in call()"
 
 
+#: capability -> probe(style): returns a note, raises when the style cannot do it. The
+#: export probes live with the exporter (``tfprod models styles`` adds them).
 CAPABILITIES: dict[str, Callable[[str], str | None]] = {
     "summary before any data": _summary_before_data,
     "symbolic layer graph (inputs/outputs)": _symbolic_graph,
     "several inputs / branches": _several_inputs,
     ".keras save + reload, same outputs": _round_trip,
-    "export, no input signature, unbuilt": lambda s: _export(s, called=False),
-    "export, no input signature, after 1 call": lambda s: _export(s, called=True),
     "Python control flow in call()": _python_control_flow,
 }
 
 
-def capabilities() -> dict[str, dict[str, Probe]]:
-    """capability -> style -> :class:`Probe`, each cell found by doing it."""
+def capabilities(probes: dict[str, Callable[[str], str | None]] | None = None
+                 ) -> dict[str, dict[str, Probe]]:
+    """capability -> style -> :class:`Probe`, each cell found by doing it.
+
+    Args:
+        probes: more capabilities to try (name -> probe(style)), after :data:`CAPABILITIES`.
+    """
     return {name: {s: _probe(lambda s=s, fn=fn: fn(s)) for s in STYLES}
-            for name, fn in CAPABILITIES.items()}
+            for name, fn in {**CAPABILITIES, **(probes or {})}.items()}
