@@ -63,8 +63,7 @@ def models_recommender(
         train, test = interactions.split(0.2, cold_users=cold_users, seed=seed)
         p.update(task, description=f"training ({objective}, {epochs} epochs)")
         model = train_recommender(train, objective=objective, dim=dim, epochs=epochs,
-                                  seed=seed, l2=3e-2 if objective == "implicit" else 0.3,
-                                  learning_rate=5e-3 if objective == "implicit" else 1e-2)
+                                  seed=seed)
         p.update(task, description="evaluating")
         results = evaluate_ranking({"model": model_recommender(model),
                                     "popularity": popularity_recommender(train)},
