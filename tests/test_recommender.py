@@ -159,6 +159,17 @@ def test_recall_and_ndcg_by_hand():
     assert ndcg[1] == 0.0
 
 
+def test_blocked_top_k_equals_top_k():
+    from tfprod.models.recommender import top_k_blocked
+
+    x = tf.constant(np.random.default_rng(0).normal(size=(4, 10_000)).astype(np.float32))
+    for k in (1, 10, 40, 79, 100):  # 79 blocks of 128: k = 100 takes the plain path
+        values, ids = top_k_blocked(x, tf.constant(k, tf.int64))
+        want = tf.math.top_k(x, k)
+        np.testing.assert_array_equal(ids.numpy(), want.indices.numpy())
+        np.testing.assert_array_equal(values.numpy(), want.values.numpy())
+
+
 # ------------------------------------------------------------------------------ training
 
 

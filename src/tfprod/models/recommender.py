@@ -145,9 +145,12 @@ class Recommender(keras.Model):
         """Top-``k`` items and scores per user, as tensors: the serving computation.
 
         Brute force: every item is scored with one ``(batch, dim) x (dim, items)`` matmul,
-        items in ``seen`` (ragged, as ``values`` and ``row_lengths``; ids outside the table are
-        ignored) are set to ``-inf``, and ``top_k`` picks the best. Cold-start users rank by
-        training popularity.
+        and :func:`top_k_blocked` keeps the best ``k + s`` of each row (``s``: the longest
+        ``seen`` list of the batch); the seen items among them are dropped (``seen`` is
+        ragged, as ``values`` and ``row_lengths``; ids outside the table are ignored) and the
+        best ``k`` remain. Dropping after the candidate step touches ``(batch, k + s)`` values
+        instead of the whole score matrix, and is exact: the best ``k`` unseen items are among
+        the best ``k + s`` overall. Cold-start users rank by training popularity.
 
         Returns:
             ``(item_ids (batch, k) int64, scores (batch, k) float32)``.
@@ -158,18 +161,30 @@ class Recommender(keras.Model):
         in_table = (user_ids >= 0) & (user_ids < self.num_users)
         trained = tf.gather(self.user_trained, tf.where(in_table, user_ids, 0)) > 0
         warm = in_table & trained
-        scores = self.embedding.score_all(tf.where(warm, user_ids, self.num_users))
-        cold = tf.broadcast_to(self.item_log_prior[None, :], tf.shape(scores))
-        scores = tf.where(warm[:, None], scores, cold)
-        seen_values = tf.cast(seen_values, tf.int64)
-        rows = tf.repeat(tf.range(tf.size(user_ids, out_type=tf.int64)),
-                         tf.cast(seen_row_lengths, tf.int64))
-        valid = (seen_values >= 0) & (seen_values < self.num_items)
-        where = tf.stack([tf.boolean_mask(rows, valid), tf.boolean_mask(seen_values, valid)], 1)
-        scores = tf.tensor_scatter_nd_update(
-            scores, where, tf.fill([tf.shape(where)[0]], tf.constant(-np.inf, scores.dtype)))
-        top = tf.math.top_k(scores, k=k)
-        return tf.cast(top.indices, tf.int64), top.values
+        seen = tf.RaggedTensor.from_row_lengths(tf.cast(seen_values, tf.int64),
+                                                tf.cast(seen_row_lengths, tf.int64))
+        seen = seen.to_tensor(default_value=-1)  # (batch, longest seen list)
+        wide = tf.minimum(k + tf.shape(seen, out_type=tf.int64)[1], self.num_items)
+
+        e = self.embedding
+        u, user_bias = e.user_vectors(tf.where(warm, user_ids, self.num_users))
+        v, item_bias = e.item_vectors()
+        values, ids = top_k_blocked(tf.matmul(u, v, transpose_b=True) + item_bias[None, :],
+                                    wide)
+        values = values + (user_bias + e.global_bias)[:, None]
+
+        def popular():  # the same candidates for every cold-start row
+            top = tf.math.top_k(self.item_log_prior, tf.cast(wide, tf.int32))
+            shape = tf.shape(ids)
+            return (tf.broadcast_to(top.values[None, :], shape),
+                    tf.broadcast_to(tf.cast(top.indices, tf.int64)[None, :], shape))
+
+        cold_values, cold_ids = tf.cond(tf.reduce_all(warm), lambda: (values, ids), popular)
+        values = tf.where(warm[:, None], values, cold_values)
+        ids = tf.where(warm[:, None], ids, cold_ids)
+        is_seen = tf.reduce_any(ids[:, :, None] == seen[:, None, :], axis=2)
+        top = tf.math.top_k(tf.where(is_seen, tf.constant(-np.inf, values.dtype), values), k)
+        return tf.gather(ids, top.indices, batch_dims=1), top.values
 
     @functools.cached_property
     def _recommend_functions(self) -> dict:
@@ -217,6 +232,40 @@ class Recommender(keras.Model):
                 "dim": e.dim, "objective": self.objective, "user_features": e.user_features,
                 "item_features": e.item_features, "oov": e.oov, "l2": self.l2,
                 "temperature": self.temperature}
+
+
+def top_k_blocked(scores, k, *, block: int = 128):
+    """``(values, int64 indices)`` of the ``k`` largest of each row of ``scores``, exactly.
+
+    For wide rows (at least ``32 * block`` columns) the row is cut into blocks of ``block``:
+    the ``k`` blocks with the largest maxima hold the ``k`` largest values (each of those
+    values is at least its block's maximum's rank), so ``top_k`` runs on the block maxima and
+    then on the ``k * block`` values of those blocks, instead of on the whole row. Equal
+    values may come out in another order than ``tf.math.top_k``'s. ``k`` may be a tensor.
+    """
+    import tensorflow as tf
+
+    n = scores.shape[-1]
+
+    def full():
+        top = tf.math.top_k(scores, tf.cast(k, tf.int32))
+        return top.values, tf.cast(top.indices, tf.int64)
+
+    if n is None or n < 32 * block:
+        return full()
+    blocks = -(-n // block)
+
+    def blocked():
+        padded = tf.pad(scores, [[0, 0], [0, blocks * block - n]],
+                        constant_values=float("-inf"))
+        grid = tf.reshape(padded, [-1, blocks, block])
+        best = tf.math.top_k(tf.reduce_max(grid, axis=2), tf.cast(k, tf.int32)).indices
+        candidates = tf.reshape(tf.gather(grid, best, batch_dims=1), [tf.shape(grid)[0], -1])
+        top = tf.math.top_k(candidates, tf.cast(k, tf.int32))
+        index = tf.gather(best, top.indices // block, batch_dims=1) * block + top.indices % block
+        return top.values, tf.cast(index, tf.int64)
+
+    return tf.cond(tf.cast(k, tf.int64) <= blocks, blocked, full)
 
 
 def check_k(k: int, num_items: int) -> int:
