@@ -7,7 +7,7 @@ import pytest
 
 @pytest.mark.parametrize("module", ["tfprod", "tfprod.data", "tfprod.models", "tfprod.train",
                                     "tfprod.doctor", "tfprod.export", "tfprod.optimize",
-                                    "tfprod.serve"])
+                                    "tfprod.serve", "tfprod.rl"])
 def test_all_names_exist(module):
     mod = importlib.import_module(module)
     assert mod.__all__, f"{module} publishes nothing"
@@ -27,7 +27,8 @@ def test_serve_and_optimize_packages_load_names_lazily():
     import subprocess
     import sys
 
-    code = ("import sys, tfprod.serve, tfprod.optimize; "
+    code = ("import sys, tfprod.serve, tfprod.optimize, tfprod.rl; "
+            "from tfprod.rl import DQNConfig, preset; "
             "from tfprod.serve import RestClient; "
             "print('tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,5 +1,6 @@
 """tfprod.doctor on bad input: one clear TfprodError line, never a traceback."""
 
+import json
 import os
 import sys
 import textwrap
@@ -217,3 +218,41 @@ def test_the_verb_exits_1_on_errors_and_2_on_bad_input(digits_dirs, tmp_path, ca
     assert e.value.code == 2
     assert "Traceback" not in capsys.readouterr().err
     assert os.path.exists(good)
+
+
+def test_bad_class_weight_and_validation_data():
+    with pytest.raises(TfprodError, match=r"class_weight='balanced'.*as given to fit") as e:
+        diagnose(tiny(), data(), class_weight="balanced")
+    one_line(e)
+    with pytest.raises(TfprodError, match="class_weight=.*weight >= 0"):
+        diagnose(tiny(), data(), class_weight={0: -1.0})
+    with pytest.raises(TfprodError, match=r"validation_data: x is float32\[None, 5\] but the "
+                                          r"model expects \[None, 8\]") as e:
+        diagnose(tiny(), data(), validation_data=data(shape=(5,)))
+    one_line(e)
+    with pytest.raises(TfprodError, match="validation_data: dataset is a ndarray"):
+        diagnose(tiny(), data(), validation_data=np.zeros((4, 8)))
+
+
+def test_the_verb_compares_a_validation_split_in_a_subprocess(digits_dirs, tmp_path):
+    """End to end as a user runs it: --validation pointing at the training folder itself."""
+    import shutil
+    import subprocess
+
+    from tfprod.models import small_cnn
+
+    model = str(tmp_path / "cnn.keras")
+    keras.utils.set_random_seed(0)
+    small_cnn((32, 32, 1), 10).save(model)
+    tfprod = shutil.which("tfprod", path=os.path.dirname(sys.executable)) or "tfprod"
+    train = digits_dirs["png"]["train"]
+    out = tmp_path / "report.json"
+    r = subprocess.run([tfprod, "doctor", "--model", model, "--data", train, "--validation",
+                        train, "--json", str(out)], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "COLUMNS": "160"})
+    assert r.returncode == 1, r.stdout + r.stderr
+    report = json.loads(out.read_text())
+    first = report["findings"][0]
+    assert (first["check"], first["severity"]) == ("validation_overlap", "error")
+    assert first["values"]["share"] == 1.0 and report["failed"] == {}
+    assert "validation examples also in the training data" in r.stdout

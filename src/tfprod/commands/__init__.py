@@ -10,7 +10,7 @@ from __future__ import annotations
 import typer
 
 MODULES: tuple[str, ...] = ("quickstart", "data", "models", "train", "doctor", "export",
-                            "optimize", "serve")
+                            "optimize", "serve", "rl")
 
 
 def group(app: typer.Typer, name: str, help: str) -> typer.Typer:

@@ -35,6 +35,8 @@ def _print_doctor(report) -> None:
     console.print(f"[dim]passed: {', '.join(report.passed) or '-'}[/]")
     for check, why in report.skipped.items():
         console.print(f"[dim]skipped {check}: {escape(why)}[/]")
+    for check, error in report.failed.items():
+        console.print(f"[yellow]could not run {check} on this model: {escape(error)}[/]")
     for what, path in report.artifacts.items():
         console.print(f"{what}: {path}")
 
@@ -42,6 +44,9 @@ def _print_doctor(report) -> None:
 def doctor(
     model: str = typer.Option(..., help="module:function or a .keras file."),
     data: Path = typer.Option(..., help="Image folder, TFRecord folder or .csv file."),
+    validation: Path | None = typer.Option(
+        None, help="Validation split, same format as --data: checked for examples shared "
+                   "with --data and for a different distribution."),
     label: str | None = typer.Option(None, help="Label feature/column (TFRecord, CSV)."),
     loss: str | None = typer.Option(None, help="Loss for an uncompiled model, e.g. "
                                                "sparse_categorical_crossentropy."),
@@ -56,12 +61,14 @@ def doctor(
 ) -> None:
     """Why is the model not learning? Ranked causes with the evidence and the fix.
 
-    Checks the data, the loss against the output, gradient flow, dead units, the labels'
-    signal, the learning rate, and whether one batch can be overfit; --full adds a
-    learning-rate range test and a short training watch. Exits with status 1 when an
-    error-severity finding exists (usable in CI).
+    Checks the data (values, scale, labels, leakage, batch order, class balance), the loss
+    against the output and targets, gradient flow, recurrent gradients, BatchNorm batch
+    sizes, dead units, the labels' signal, the learning rate and its schedule, and whether one
+    batch can be overfit (naming over-regularization); --validation compares a validation
+    split with the training data; --full adds a learning-rate range test and a short training
+    watch. Exits with status 1 when an error-severity finding exists (usable in CI).
 
-    Example: [bold]tfprod doctor --model model.keras --data /tmp/digits/train --full[/]
+    Example: [bold]tfprod doctor --model model.keras --data digits/train --validation digits/test[/]
     """
     tf()
     from tfprod.doctor import diagnose, load_data, load_model
@@ -70,7 +77,10 @@ def doctor(
         task = p.add_task(f"loading {model}", total=None)
         net = load_model(model)
         dataset = load_data(data, model=net, label=label, batch_size=batch_size)
+        held_out = (None if validation is None else
+                    load_data(validation, model=net, label=label, batch_size=batch_size))
         report = diagnose(net, dataset, mode="full" if full else "quick", loss=loss,
+                          validation_data=held_out,
                           plot=plot if full else None,
                           progress=lambda name: p.update(task, description=name))
     _print_doctor(report)

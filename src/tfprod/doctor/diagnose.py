@@ -1,13 +1,16 @@
 """``diagnose(model, dataset)``: why a model is not learning, most likely cause first.
 
 Quick mode (the default, seconds) reads a sample of the data once and runs the static and
-few-step checks; full mode adds the learning-rate range test and a short training watch. The
-model's variables are snapshotted first and restored at the end, and training steps use fresh
-optimizers, so the model and its optimizer are left exactly as they were.
+few-step checks (and, given validation data, compares it with the training data); full mode adds
+the learning-rate range test and a short training watch. The model's variables are snapshotted
+first and restored at the end, and training steps use fresh optimizers, so the model and its
+optimizer are left exactly as they were. A check that crashes on an unusual model is reported in
+``report.failed``, never as a finding about the model.
 """
 
 from __future__ import annotations
 
+import numbers
 import os
 import time
 import warnings
@@ -17,6 +20,8 @@ from typing import Any
 import numpy as np
 
 from tfprod.doctor.activations import check_activations
+from tfprod.doctor.batch_norm import check_batch_norm
+from tfprod.doctor.batch_order import check_batch_order
 from tfprod.doctor.data import check_data, inspect_probe
 from tfprod.doctor.finding import DoctorReport, Finding, rank
 from tfprod.doctor.gradients import (
@@ -28,18 +33,22 @@ from tfprod.doctor.gradients import (
 )
 from tfprod.doctor.labels import MIN_EXAMPLES as MIN_SIGNAL_EXAMPLES
 from tfprod.doctor.labels import check_label_signal
-from tfprod.doctor.learning_rate import check_learning_rate
+from tfprod.doctor.leakage import check_leakage
+from tfprod.doctor.learning_rate import check_learning_rate, check_lr_schedule
 from tfprod.doctor.loss import check_initial_loss, check_pairing
 from tfprod.doctor.lr_range import check_lr_range
 from tfprod.doctor.overfit import check_overfit
 from tfprod.doctor.probe import Probe, build_probe, check_dataset, collect, fit_inputs
+from tfprod.doctor.recurrent import check_recurrent
 from tfprod.doctor.steps import restore, snapshot
+from tfprod.doctor.validation import check_overlap, check_shift
 from tfprod.doctor.watch import check_watch
 from tfprod.errors import TfprodError
 
 MODES = ("quick", "full")
 FULL_MIN_EXAMPLES = 40
 GRADIENT_BATCH = 64
+VALIDATION_EXAMPLES = 1024
 
 
 class _Run:
@@ -49,12 +58,13 @@ class _Run:
         self.findings: list[Finding] = []
         self.passed: list[str] = []
         self.skipped: dict[str, str] = {}
+        self.failed: dict[str, str] = {}
         self.seconds: dict[str, float] = {}
         self.progress = progress
 
     def check(self, name: str, fn: Callable[[], tuple[list[Finding], bool]], *,
               kinds: tuple[str, ...], not_applicable: str = "not applicable") -> None:
-        """``fn() -> (findings, ran)``; an unexpected failure becomes an info finding."""
+        """``fn() -> (findings, ran)``; an unexpected failure is recorded in ``failed``."""
         if self.progress is not None:
             self.progress(name)
         t0 = time.perf_counter()
@@ -64,13 +74,14 @@ class _Run:
             raise
         except Exception as e:  # a diagnostic must report, not crash, on a user's odd model
             message = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            found, ran = [Finding(kinds[0], "info", f"{name} check could not run",
-                                  f"{type(e).__name__}: {message}"[:300],
-                                  "run with --verbose and report it if the model is valid")], False
-            not_applicable = "it failed (see the findings)"
+            for kind in kinds:
+                self.failed[kind] = f"{type(e).__name__}: {message}"[:300]
+            found, ran = [], None
         self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 3)
         self.findings.extend(found)
         for kind in kinds:
+            if ran is None:
+                continue
             if not ran:
                 self.skip((kind,), not_applicable)
             elif not any(f.check == kind and f.severity != "info" for f in found):
@@ -107,6 +118,7 @@ def diagnose(
     mode: str = "quick",
     loss: Any = None,
     validation_data=None,
+    class_weight: dict | None = None,
     plot: str | os.PathLike | None = None,
     max_examples: int = 2048,
     progress: Callable[[str], None] | None = None,
@@ -121,7 +133,12 @@ def diagnose(
             short training watch).
         loss: a Keras loss (name, function or ``keras.losses.Loss``) for an uncompiled model,
             or to check another loss than the compiled one.
-        validation_data: ``(x, y)`` batches for the training watch (default: 20% of the sample).
+        validation_data: ``(x, y)`` batches of the validation split, as given to ``fit``:
+            checked for examples shared with ``dataset`` and for a different distribution, and
+            used by the training watch (default: no comparison; the watch holds out 20%).
+        class_weight: the ``class_weight`` given to ``fit`` (``{class: weight}``), so the
+            class-balance check knows the loss is weighted; weights in ``(x, y, weight)``
+            batches are read from the data.
         plot: where full mode writes the range test's curve (PNG); ``None``: no file.
         max_examples: the sample read from ``dataset`` for all checks.
         progress: called with each check's name as it starts.
@@ -142,21 +159,30 @@ def diagnose(
         raise TfprodError(f"mode={mode!r}; expected one of {list(MODES)}")
     if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 8:
         raise TfprodError(f"max_examples={max_examples!r}; expected an int >= 8")
+    if class_weight is not None and not (isinstance(class_weight, dict) and all(
+            isinstance(v, numbers.Real) and not isinstance(v, bool) and v >= 0
+            for v in class_weight.values())):
+        raise TfprodError(f"class_weight={class_weight!r}; expected a dict of class index -> "
+                          "weight >= 0, as given to fit (e.g. {0: 1.0, 1: 20.0})")
     start = time.perf_counter()
     run = _Run(progress)
     if progress is not None:
         progress("reading data")
-    probe = build_probe(model, dataset, loss=loss, max_examples=max_examples)
+    probe = build_probe(model, dataset, loss=loss, max_examples=max_examples,
+                        class_weight=None if class_weight is None else {
+                            int(k): float(v) for k, v in class_weight.items()})
+    if mode == "full" and probe.n_finite < FULL_MIN_EXAMPLES:
+        raise TfprodError(f"full mode needs at least {FULL_MIN_EXAMPLES} clean examples (the "
+                          f"training watch holds 20% out); the dataset has "
+                          f"{probe.n_finite}: pass more data, or use quick mode")
     validation = None
-    if mode == "full":
-        if probe.n_finite < FULL_MIN_EXAMPLES:
-            raise TfprodError(f"full mode needs at least {FULL_MIN_EXAMPLES} clean examples (the "
-                              f"training watch holds 20% out); the dataset has "
-                              f"{probe.n_finite}: pass more data, or use quick mode")
-        if validation_data is not None:
+    if validation_data is not None:
+        try:
             check_dataset(model, validation_data)
-            vx, vy, _ = collect(validation_data, 1024)
-            validation = (fit_inputs(model, vx), vy)
+        except TfprodError as e:
+            raise TfprodError(f"validation_data: {e}") from None
+        sample = collect(validation_data, VALIDATION_EXAMPLES)
+        validation = (fit_inputs(model, sample.x), sample.y)
     run.seconds["read"] = round(time.perf_counter() - start, 3)
     artifacts: dict[str, str] = {}
     saved = snapshot(probe.model)
@@ -164,7 +190,7 @@ def diagnose(
         with warnings.catch_warnings():
             # Keras warns about what the findings already say (e.g. from_logits after softmax).
             warnings.simplefilter("ignore", UserWarning)
-            _quick(run, probe)
+            _quick(run, probe, validation)
             if mode == "full":
                 _full(run, probe, validation, plot, artifacts)
     finally:
@@ -172,7 +198,7 @@ def diagnose(
     run.seconds["total"] = round(time.perf_counter() - start, 3)
     _corroborate(run.findings)
     return DoctorReport(model.name, mode, probe.n, rank(run.findings), run.passed, run.skipped,
-                        run.seconds, artifacts)
+                        run.seconds, artifacts, run.failed)
 
 
 def _corroborate(findings: list[Finding]) -> None:
@@ -203,9 +229,21 @@ def _full(run: _Run, probe: Probe, validation, plot, artifacts: dict[str, str]) 
               kinds=("training_watch",))
 
 
-def _quick(run: _Run, probe: Probe) -> None:
+def _quick(run: _Run, probe: Probe, validation) -> None:
     run.check("data", lambda: (check_data(probe, inspect_probe(probe)), True),
               kinds=("data_values", "labels", "input_scale", "class_balance"))
+    run.check("leakage", lambda: check_leakage(probe), kinds=("leakage",),
+              not_applicable="needs tabular inputs and one label per example")
+    run.check("batch order", lambda: check_batch_order(probe), kinds=("batch_order",),
+              not_applicable="needs numeric labels and 4+ batches of 2+ examples")
+    if validation is None:
+        run.skip(("validation_overlap", "validation_shift"), "no validation data given")
+    else:
+        run.check("validation overlap", lambda: check_overlap(probe, *validation),
+                  kinds=("validation_overlap",))
+        run.check("validation shift", lambda: check_shift(probe, *validation),
+                  kinds=("validation_shift",),
+                  not_applicable="needs 30+ clean numeric examples in each set")
     run.check("trainable", lambda: (check_trainable(probe), True), kinds=("trainable",))
     loss_error = _loss_error(probe)
     pairing = check_pairing(probe.task)
@@ -222,11 +260,13 @@ def _quick(run: _Run, probe: Probe) -> None:
         run.check("initial loss", lambda: check_initial_loss(probe), kinds=("init_loss",),
                   not_applicable="not a single-output classifier")
     trainable = bool(probe.model.trainable_variables)
-    training_checks = ("gradient_cut", "gradient_flow", "learning_rate", "overfit_batch")
+    training_checks = ("gradient_cut", "gradient_flow", "recurrent_gradients", "learning_rate",
+                       "overfit_batch", "regularization")
     grads: list[Gradients] = []
-    if loss_error is not None or not trainable:
-        run.skip(training_checks, "the loss cannot be computed" if loss_error is not None
-                 else "no trainable weights")
+    if loss_error is not None or broken_loss or not trainable:
+        run.skip(training_checks, "no trainable weights" if not trainable else
+                 "the loss cannot be computed" if loss_error is not None else
+                 "the loss does not fit the output or labels: fix it first")
     else:
         x, y = probe.take(GRADIENT_BATCH)
 
@@ -242,6 +282,10 @@ def _quick(run: _Run, probe: Probe) -> None:
         if grads:
             run.check("gradient flow", lambda: (check_gradient_flow(grads[0]), True),
                       kinds=("gradient_flow",))
+            run.check("recurrent gradients", lambda: check_recurrent(probe, grads[0]),
+                      kinds=("recurrent_gradients",), not_applicable="no recurrent layer")
+    run.check("batch norm", lambda: check_batch_norm(probe), kinds=("batch_norm",),
+              not_applicable="no trainable BatchNormalization")
     run.check("units", lambda: check_activations(probe), kinds=("dead_units", "saturated_units"),
               not_applicable="a subclassed model")
     # Confirming "no signal" trains the model briefly: only meaningful if it can train.
@@ -250,7 +294,13 @@ def _quick(run: _Run, probe: Probe) -> None:
               kinds=("label_signal",),
               not_applicable=f"needs one output with class labels and {MIN_SIGNAL_EXAMPLES}+ "
               "examples")
+    run.check("lr schedule", lambda: check_lr_schedule(probe), kinds=("lr_schedule",),
+              not_applicable="a constant learning rate")
     if grads:
         run.check("learning rate", lambda: check_learning_rate(probe, grads[0]),
                   kinds=("learning_rate",), not_applicable="no layer has a gradient")
-        run.check("overfit one batch", lambda: check_overfit(probe), kinds=("overfit_batch",))
+        run.check("overfit one batch", lambda: check_overfit(probe),
+                  kinds=("overfit_batch", "regularization"))
+        if any(f.check == "regularization" for f in run.findings) and (
+                "overfit_batch" in run.passed):
+            run.passed.remove("overfit_batch")  # it failed; the regularization finding says why

@@ -21,14 +21,22 @@ SEVERITIES = ("error", "warning", "info")
 CHECKS: dict[str, str] = {
     "data_values": "cause",
     "labels": "cause",
+    "leakage": "cause",
     "input_scale": "cause",
     "trainable": "cause",
     "loss_pairing": "cause",
+    "batch_order": "cause",
+    "validation_overlap": "cause",
+    "validation_shift": "cause",
     "gradient_cut": "cause",
+    "recurrent_gradients": "cause",
+    "batch_norm": "cause",
+    "regularization": "cause",
     "dead_units": "cause",
     "init_loss": "cause",
     "label_signal": "cause",
     "learning_rate": "cause",
+    "lr_schedule": "cause",
     "lr_range": "cause",
     "saturated_units": "cause",
     "class_balance": "cause",
@@ -95,9 +103,11 @@ class DoctorReport:
         num_examples: examples the checks looked at.
         findings: ranked findings.
         passed: checks that ran and found nothing (or only notes).
-        skipped: checks that did not run, and why.
+        skipped: checks that did not apply, and why.
         seconds: wall time per check group, and ``"total"``.
         artifacts: files written (the learning-rate curve).
+        failed: checks that crashed on this model, and the error: the doctor's limit, not a
+            verdict on the model; empty when every check that applied ran.
     """
 
     model: str
@@ -108,6 +118,7 @@ class DoctorReport:
     skipped: dict[str, str] = dataclasses.field(default_factory=dict)
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     artifacts: dict[str, str] = dataclasses.field(default_factory=dict)
+    failed: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def has_errors(self) -> bool:
@@ -123,6 +134,7 @@ class DoctorReport:
             "has_errors": self.has_errors,
             "findings": [f.to_json() for f in self.findings],
             "passed": list(self.passed), "skipped": dict(self.skipped),
+            "failed": dict(self.failed),
             "seconds": dict(self.seconds),
             "artifacts": dict(self.artifacts),
         }
@@ -146,6 +158,9 @@ class DoctorReport:
         if self.skipped:
             lines += ["", "Skipped: " + "; ".join(f"`{k}` ({v})" for k, v in
                                                   self.skipped.items()) + "."]
+        if self.failed:
+            lines += ["", "**Could not run** (not a verdict on the model): " + "; ".join(
+                f"`{k}` ({v})" for k, v in self.failed.items()) + "."]
         for name, path in self.artifacts.items():
             lines += ["", f"{name}: `{path}`"]
         return "\n".join(lines) + "\n"

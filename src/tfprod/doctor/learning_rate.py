@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import keras
 import numpy as np
 
 from tfprod.doctor.finding import Finding
@@ -102,3 +103,75 @@ def check_learning_rate(probe: Probe, grads: Gradients) -> tuple[list[Finding], 
             f"{where}; the loss still fell {start:.3g} -> {end:.3g} in {STEPS} steps",
             "if training turns unstable, lower it or add a warm-up", values)], True
     return [], True
+
+
+#: a schedule that falls below this fraction of its peak...
+SCHEDULE_FLOOR = 0.01
+#: ...within this many epochs (or ``SCHEDULE_STEPS`` steps when the epoch length is unknown)
+#: stops training early.
+SCHEDULE_EPOCHS = 5
+SCHEDULE_STEPS = 1000
+_HORIZON = 10**7
+
+
+def _schedule(optimizer):
+    schedule = getattr(optimizer, "_learning_rate", None)
+    if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+        return schedule
+    return None
+
+
+def _schedule_at(schedule, steps: np.ndarray) -> np.ndarray:
+    try:  # Keras' schedules are element-wise in the step
+        out = np.asarray(keras.ops.convert_to_numpy(schedule(steps.astype(np.float32))),
+                         np.float64)
+        if out.shape == steps.shape:
+            return out
+    except Exception:  # a custom schedule written for a scalar step
+        pass
+    return np.array([float(keras.ops.convert_to_numpy(schedule(int(s)))) for s in steps])
+
+
+def check_lr_schedule(probe: Probe) -> tuple[list[Finding], bool]:
+    """Findings, and whether the check ran (the optimizer has a ``LearningRateSchedule``)."""
+    schedule = _schedule(probe.optimizer)
+    if schedule is None:
+        return [], False
+    grid = np.unique(np.concatenate([np.arange(0, 100), np.geomspace(100, _HORIZON, 400)])
+                     .astype(np.int64))
+    rates = _schedule_at(schedule, grid)
+    peak_at = int(np.argmax(rates))
+    peak = float(rates[peak_at])
+    epoch = probe.steps_per_epoch
+    early = SCHEDULE_EPOCHS * epoch if epoch else SCHEDULE_STEPS
+    values = {"schedule": type(schedule).__name__, "peak": peak, "peak_step": int(grid[peak_at]),
+              "steps_per_epoch": epoch}
+    if peak <= 0:
+        return [], True
+    low = np.flatnonzero((rates <= SCHEDULE_FLOOR * peak) & (np.arange(len(grid)) > peak_at))
+    if not len(low):
+        return [], True
+    # The grid is coarse past step 100: find the first step below the floor exactly.
+    lo, hi = int(grid[low[0] - 1]), int(grid[low[0]])
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _schedule_at(schedule, np.array([mid]))[0] <= SCHEDULE_FLOOR * peak:
+            hi = mid
+        else:
+            lo = mid
+    values.update({"floor_step": hi, "early_step": early})
+    if hi > early:
+        return [], True
+    config = {k: v for k, v in schedule.get_config().items() if isinstance(v, int | float)}
+    shown = ", ".join(f"{k}={v:g}" for k, v in config.items())
+    when = f"step {hi}" + (f" ({hi / epoch:.1f} epochs of {epoch} batches)" if epoch else "")
+    per_epoch = (f"; decay steps count optimizer steps, not epochs: with {epoch} batches per "
+                 f"epoch, multiply an epoch count by {epoch}" if epoch else "")
+    return [Finding(
+        "lr_schedule", "error", "learning-rate schedule decays to ~0 early",
+        f"{type(schedule).__name__}({shown}) falls from its peak {peak:.3g} to "
+        f"{SCHEDULE_FLOOR:.0%} of it by {when}: after that the weights hardly move and the "
+        "loss plateaus wherever it is",
+        f"stretch the schedule over the whole training run (decay_steps ~ epochs x steps per "
+        f"epoch){per_epoch}; or use CosineDecay(initial_learning_rate, decay_steps=total "
+        "steps, alpha=0.01)", values)], True

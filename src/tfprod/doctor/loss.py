@@ -42,6 +42,17 @@ def check_pairing(task: Task) -> list[Finding]:
                        if labels == "sparse" and units > 1 else ""),
                       "use sparse_categorical_crossentropy for integer labels (or "
                       "categorical_crossentropy for one-hot) with a softmax output"))
+    if loss == "regression" and units == 1 and task.class_ids:
+        low, high = task.label_range
+        out.append(_f("error", "regression loss on integer class ids",
+                      f"{what}; labels are {task.label_dtype} ids {low:g}..{high:g} "
+                      f"({task.label_distinct} values): a regression loss treats class "
+                      f"{int(low) + 2} as lying between classes {int(low) + 1} and "
+                      f"{int(low) + 3} and predicts averages of ids, not classes",
+                      f"classify: Dense({task.label_distinct}, activation='softmax') with "
+                      "sparse_categorical_crossentropy; if the ids really are counts or an "
+                      "ordinal scale, cast them to float32 (this check then stays quiet)",
+                      label_range=list(task.label_range), distinct=task.label_distinct))
     if act == "sigmoid" and units > 1 and single_label:
         out.append(_f("error", f"sigmoid on a {units}-class output",
                       f"{what}; each example has exactly one class ({labels} labels), but "
@@ -90,11 +101,22 @@ def check_pairing(task: Task) -> list[Finding]:
         out.append(_f("error", "binary cross-entropy with integer class labels",
                       f"{what}; labels are class indices [batch] against {units} outputs",
                       "use sparse_categorical_crossentropy with a softmax output"))
-    if loss in _CE and labels == "continuous":
-        out.append(_f("warning", "cross-entropy on continuous targets",
-                      f"{what}; labels are continuous values, not classes",
-                      "use a regression loss (mean_squared_error, huber) with a linear output, "
-                      "or bin the targets into classes"))
+    continuous = labels == "continuous" and not (
+        loss == "bce" and task.label_range is not None and task.label_range[0] >= 0
+        and task.label_range[1] <= 1)  # targets in [0, 1] are soft labels for BCE
+    if loss in _CE and continuous:
+        span = (f" in [{task.label_range[0]:.3g}, {task.label_range[1]:.3g}]"
+                if task.label_range else "")
+        effect = {"sparse_ce": "sparse_categorical_crossentropy truncates them to integer "
+                               "class ids",
+                  "bce": "binary cross-entropy needs targets in [0, 1]",
+                  "ce": "categorical_crossentropy needs one-hot or probability targets"}[loss]
+        out.append(_f("error", "classification loss on continuous targets",
+                      f"{what}; labels are continuous values{span} "
+                      f"({task.label_distinct if task.label_distinct <= 1000 else '1000+'} "
+                      f"distinct), not classes: {effect}",
+                      "use a regression loss (mean_squared_error, huber) with a linear "
+                      "Dense(1) output, or bin the targets into classes first"))
     return out
 
 

@@ -1,14 +1,17 @@
 """What every check shares: a sample of the data in memory, the loss as a function, the task.
 
 The data set is read once, up to ``max_examples`` examples (a shuffled data set would give other
-batches on a second pass), and checked against the model's inputs at the boundary.
+batches on a second pass), and checked against the model's inputs at the boundary. The batches'
+sizes and the labels in the order read are kept for the batch-order check; the sample itself is
+then shuffled once (seeded), so a data set sorted by label does not hand the other checks a
+batch of one class.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
@@ -37,6 +40,11 @@ class Probe:
         optimizer: the model's optimizer (read for its config, never stepped) or ``None``.
         task: the loss, output activation and label kind.
         seed: for every random choice the checks make.
+        sample_weight: ``[N]`` weights from ``(x, y, sample_weight)`` batches, or ``None``.
+        class_weight: the ``class_weight`` given to ``fit`` (``{class: weight}``), or ``None``.
+        read_y: the labels in the order the data set gave them (before the sample's shuffle).
+        batch_sizes: the sizes of the batches read, in order.
+        steps_per_epoch: batches in one pass over the data set, if its cardinality is known.
     """
 
     model: keras.Model
@@ -49,6 +57,11 @@ class Probe:
     optimizer: Any
     task: Task
     seed: int = 0
+    sample_weight: np.ndarray | None = None
+    class_weight: dict | None = None
+    read_y: Any = None
+    batch_sizes: list[int] = dataclasses.field(default_factory=list)
+    steps_per_epoch: int | None = None
 
     @property
     def n(self) -> int:
@@ -182,15 +195,30 @@ def _numpy(value) -> np.ndarray:
     return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
 
 
-def collect(dataset: tf.data.Dataset, max_examples: int) -> tuple[Any, Any, int]:
-    """Reads up to ``max_examples`` examples into memory: ``(x, y, batch_size)``."""
-    xs, ys, seen, size, nbytes = [], [], 0, 0, 0
+class Sample(NamedTuple):
+    """What :func:`collect` read: features, labels, sample weights and the batches' sizes."""
+
+    x: Any
+    y: Any
+    sample_weight: np.ndarray | None
+    batch_sizes: list[int]
+
+    @property
+    def batch_size(self) -> int:
+        return max(self.batch_sizes)
+
+
+def collect(dataset: tf.data.Dataset, max_examples: int) -> Sample:
+    """Reads up to ``max_examples`` examples into memory, in the data set's order."""
+    xs, ys, ws, sizes, seen, nbytes = [], [], [], [], 0, 0
     try:
         for element in dataset:
             x = tf.nest.map_structure(_numpy, element[0])
             y = tf.nest.map_structure(_numpy, element[1])
             n = len(tf.nest.flatten(x)[0])
-            size = max(size, n)
+            if len(element) > 2 and element[2] is not None:
+                ws.append(np.asarray(_numpy(element[2]), np.float64).reshape(n, -1)[:, 0])
+            sizes.append(n)
             xs.append(x)
             ys.append(y)
             seen += n
@@ -207,7 +235,8 @@ def collect(dataset: tf.data.Dataset, max_examples: int) -> tuple[Any, Any, int]
     except ValueError:
         raise TfprodError("the dataset's batches have different shapes (padded per batch?); the "
                           "doctor needs one fixed shape: pad to a fixed length") from None
-    return x, y, size
+    w = np.concatenate(ws)[:max_examples] if ws and len(ws) == len(xs) else None
+    return Sample(x, y, w, sizes)
 
 
 def _finite(struct: Any, n: int) -> np.ndarray:
@@ -268,18 +297,22 @@ def outside_strategy(model):
 
 
 def build_probe(model, dataset, *, loss: Any = None, max_examples: int = 2048,
-                seed: int = 0) -> Probe:
+                seed: int = 0, class_weight: dict | None = None) -> Probe:
     """Checks ``dataset`` against ``model``, reads the sample and describes the task."""
     check_dataset(model, dataset)
     model = outside_strategy(model)
     loss_fn, loss_spec = loss_function(model, loss)
-    x, y, batch_size = collect(dataset, max_examples)
-    x = fit_inputs(model, x)
+    sample = collect(dataset, max_examples)
+    x = fit_inputs(model, sample.x)
     n = len(tf.nest.flatten(x)[0])
-    finite = _finite(x, n) & _finite(y, n)
     if n < MIN_EXAMPLES:
         raise TfprodError(f"the dataset has {n} example(s); the doctor needs at least "
                           f"{MIN_EXAMPLES} (one small batch to overfit, one to measure)")
+    read_y = sample.y
+    order = np.random.default_rng(seed).permutation(n)
+    x, y = subset(x, order), subset(sample.y, order)
+    weights = None if sample.sample_weight is None else sample.sample_weight[order]
+    finite = _finite(x, n) & _finite(y, n)
     if finite.sum() < MIN_EXAMPLES:
         raise TfprodError(f"only {int(finite.sum())} of {n} examples are free of NaN/Inf; the "
                           f"doctor needs at least {MIN_EXAMPLES}: clean the data first")
@@ -295,4 +328,7 @@ def build_probe(model, dataset, *, loss: Any = None, max_examples: int = 2048,
     y_sample = y if isinstance(y, np.ndarray) else None
     task = describe_task(model, loss_spec, y_pred, None if y_sample is None else y_sample[finite])
     optimizer = getattr(model, "optimizer", None) if getattr(model, "compiled", False) else None
-    return Probe(model, x, y, finite, batch_size, loss_fn, loss_spec, optimizer, task, seed)
+    cardinality = int(dataset.cardinality())
+    return Probe(model, x, y, finite, sample.batch_size, loss_fn, loss_spec, optimizer, task,
+                 seed, weights, class_weight, read_y, sample.batch_sizes,
+                 cardinality if cardinality > 0 else None)

@@ -43,6 +43,9 @@ class Task:
         units: the output's last dimension.
         labels: ``"sparse"`` (class indices), ``"onehot"``, ``"multihot"``, ``"soft"``,
             ``"continuous"`` or ``"none"``.
+        label_dtype: the labels' dtype name (``"int64"``, ``"float32"``, ``"object"``...).
+        label_range: the smallest and largest finite label value, if numeric.
+        label_distinct: distinct label values (counted up to 1001).
     """
 
     loss_name: str
@@ -52,6 +55,17 @@ class Task:
     output_source: str
     units: int
     labels: str
+    label_dtype: str = ""
+    label_range: tuple[float, float] | None = None
+    label_distinct: int = 0
+
+    @property
+    def class_ids(self) -> bool:
+        """Integer-typed labels 0..K-1 (or 1..K), K >= 3: what class ids look like."""
+        if not self.label_dtype.startswith(("int", "uint")) or self.label_range is None:
+            return False
+        low, high = self.label_range
+        return low in (0, 1) and 3 <= self.label_distinct == high - low + 1 <= 1000
 
     @property
     def classification(self) -> bool:
@@ -144,4 +158,13 @@ def describe_task(model, loss_spec: Any, y_pred: Any, y: np.ndarray | None) -> T
         return Task(name, "multi", from_logits, "other", "several outputs", 0, "none")
     output, source = output_activation(model, y_pred)
     units = int(y_pred.shape[-1]) if y_pred.ndim >= 2 else 1
-    return Task(name, kind, from_logits, output, source, units, label_kind(y))
+    dtype, span, distinct = "", None, 0
+    if isinstance(y, np.ndarray):
+        dtype = y.dtype.name
+        if y.dtype.kind in "biuf" and y.size:
+            finite = y[np.isfinite(y)] if y.dtype.kind == "f" else y
+            if finite.size:
+                span = (float(finite.min()), float(finite.max()))
+                distinct = len(np.unique(finite.ravel()[:200_000])[:1001])
+    return Task(name, kind, from_logits, output, source, units, label_kind(y), dtype, span,
+                distinct)
