@@ -299,7 +299,8 @@ def bucketed_batches(
         num_buckets: buckets to split the lengths into (see :func:`bucket_boundaries`);
             ignored when ``boundaries`` is given.
         boundaries: strictly increasing length boundaries, instead of ``num_buckets``.
-        shuffle: reshuffle the sequences every epoch (before bucketing).
+        shuffle: reshuffle the sequences every epoch (before bucketing), and the batches
+            (after it).
         seed: shuffle seed.
         pad_value: value written after each sequence's end.
         return_lengths: also yield each sequence's true length, as in :func:`padded_batches`.
@@ -343,7 +344,13 @@ def bucketed_batches(
     # data" after the first epoch.
     buckets = np.searchsorted(boundaries, [len(s) for s in sequences], side="right")
     counts = np.bincount(buckets, minlength=len(boundaries) + 1)
-    ds = ds.apply(tf.data.experimental.assert_cardinality(int(sum(-(-counts // batch_size)))))
+    total = int(sum(-(-counts // batch_size)))
+    ds = ds.apply(tf.data.experimental.assert_cardinality(total))
+    if shuffle:
+        # Buckets fill at different rates (the busiest first), so an epoch's batches come out
+        # grouped by length, and the last ones are each bucket's partial batch; mixing the
+        # batches keeps an epoch from ending with all the long sequences.
+        ds = ds.shuffle(total, seed=seed, reshuffle_each_iteration=True)
     return _finish(_structure(ds, has_labels, return_lengths))
 
 
