@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--median", type=int, default=20)
     p.add_argument("--sigma", type=float, default=0.9)
     p.add_argument("--max-length", type=int, default=400)
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--buckets", type=int, default=8)
     p.add_argument("--units", type=int, default=32)
