@@ -82,3 +82,26 @@ def digits_cnn(tmp_path_factory):
     path = tmp_path_factory.mktemp("digits_cnn") / "digits_cnn.keras"
     model.save(path)
     return TrainedDigits(model, str(path), train, test, accuracy)
+
+
+@pytest.fixture(scope="session")
+def tf1_models(tmp_path_factory):
+    """TF1 models written by TF1 code in a child process with TF1 behavior (reference
+    variables, v1 control flow): see tests/scripts/make_tf1_models.py."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("tf1_models")
+    script = os.path.join(os.path.dirname(__file__), "scripts", "make_tf1_models.py")
+    done = subprocess.run([sys.executable, script, str(out)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def own_tables(tmp_path_factory):
+    """The user's own tables (tests/tables.py): name -> {"csv": path, "tfrecord": folder}."""
+    from tables import write_tables
+
+    return write_tables(tmp_path_factory.mktemp("tables"))

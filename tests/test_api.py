@@ -7,7 +7,7 @@ import pytest
 
 @pytest.mark.parametrize("module", ["tfprod", "tfprod.data", "tfprod.models", "tfprod.train",
                                     "tfprod.doctor", "tfprod.export", "tfprod.optimize",
-                                    "tfprod.serve", "tfprod.rl"])
+                                    "tfprod.serve", "tfprod.rl", "tfprod.migrate"])
 def test_all_names_exist(module):
     mod = importlib.import_module(module)
     assert mod.__all__, f"{module} publishes nothing"
@@ -27,7 +27,7 @@ def test_serve_and_optimize_packages_load_names_lazily():
     import subprocess
     import sys
 
-    code = ("import sys, tfprod.serve, tfprod.optimize, tfprod.rl; "
+    code = ("import sys, tfprod.serve, tfprod.optimize, tfprod.rl, tfprod.migrate; "
             "from tfprod.rl import DQNConfig, preset; "
             "from tfprod.serve import RestClient; "
             "print('tensorflow' in sys.modules)")
@@ -48,3 +48,14 @@ def test_models_surface_has_the_model_building_scenarios():
         assert name in d.__all__
     for name in ("RaggedInput", "export_recommender"):
         assert name in e.__all__
+
+
+def test_own_data_surface():
+    import tfprod.data as d
+    import tfprod.models as m
+    import tfprod.train as t
+
+    assert {"LabelTask", "infer_task", "SplitInfo"} <= set(d.__all__)
+    assert {"Target", "find_task", "task_head", "compile_for_task", "MacroF1",
+            "ScaledMeanSquaredError"} <= set(m.__all__)
+    assert {"TrainConfig", "TrainResult", "run_training", "training_inputs"} <= set(t.__all__)

@@ -90,6 +90,11 @@ def test_quickstart_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr
     result = json.loads((tmp_path / "qs.json").read_text())
     assert result["test_accuracy"] > 0.85
+    # The held-out score of the epoch kept, in the train row and the closing line.
+    assert result["validation_accuracy"] > 0.85 and 1 <= result["best_epoch"] <= 3
+    train_row = next(s for s in result["stages"] if s["stage"] == "train")
+    assert f"validation accuracy {result['validation_accuracy']:.4f}" in train_row["result"]
+    assert "validation accuracy" in r.stdout
     assert [s["stage"] for s in result["stages"]] == [
         "sample data", "pipeline", "inspect", "doctor", "train", "save + evaluate", "export",
         "optimize", "serve"]

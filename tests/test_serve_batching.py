@@ -190,6 +190,101 @@ def test_batch_timeout_waits_for_more_requests():
     batcher.close()
 
 
+def test_an_announced_lone_request_does_not_wait_for_the_timeout():
+    # The low-load trap of TF Serving's batching: a lone request waited batch_timeout_micros.
+    batcher, _ = _batcher(batch_timeout_micros=2_000_000)
+    calls = []
+
+    def model(inputs):
+        calls.append(len(inputs["x"]))
+        return {"y": inputs["x"]}
+
+    batcher.expect()
+    started = time.monotonic()
+    batcher.submit("k", model, {"x": np.ones((1, 1))}, 1, expected=True).result(5)
+    assert time.monotonic() - started < 0.5 and calls == [1]
+    batcher.close()
+
+
+def test_a_batch_waits_for_announced_requests_and_runs_when_the_last_one_is_queued():
+    batcher, _ = _batcher(batch_timeout_micros=5_000_000)
+    calls = []
+
+    def model(inputs):
+        calls.append(len(inputs["x"]))
+        return {"y": inputs["x"] * 2}
+
+    for _ in range(3):
+        batcher.expect()
+    first = batcher.submit("k", model, {"x": np.ones((1, 1))}, 1, expected=True)
+    second = batcher.submit("k", model, {"x": np.full((2, 1), 3.0)}, 2, expected=True)
+    time.sleep(0.1)
+    assert not first.done() and calls == []      # one announced request is still on its way
+    batcher.unexpect()                           # ... and never comes (it failed to parse)
+    assert first.result(5)["y"].tolist() == [[2.0]]
+    assert second.result(5)["y"].tolist() == [[6.0], [6.0]] and calls == [3]
+    batcher.close()
+
+
+def test_async_submits_of_one_loop_iteration_run_as_one_batch_and_resolve_on_the_loop():
+    import asyncio
+
+    batcher, metrics = _batcher(batch_timeout_micros=5_000_000)
+    model_threads = []
+
+    def model(inputs):
+        model_threads.append(threading.current_thread().name)
+        return {"y": inputs["x"] + 1}
+
+    async def main():
+        futures = []
+        for i in range(5):
+            batcher.expect()
+            futures.append(batcher.submit_async("k", model, {"x": np.full((1, 1), float(i))},
+                                                1, expected=True))
+        results = await asyncio.wait_for(asyncio.gather(*futures), 5)
+        return [r["y"].item() for r in results], threading.current_thread().name
+
+    values, loop_thread = asyncio.run(main())
+    assert values == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert batcher.batch_calls == 1 and model_threads[0] != loop_thread
+    assert metrics.processed_batch_size.get(())[-1] == 1   # one batch of five
+    batcher.close()
+
+
+def test_async_requests_cancelled_or_failing_and_on_done_for_each():
+    import asyncio
+
+    batcher, _ = _batcher()
+    model = GatedModel()
+    _block(batcher, model)
+    done = []
+
+    async def main():
+        gone = batcher.submit_async("k", model, {"x": np.ones((1, 1))}, 1,
+                                    on_done=lambda: done.append("gone"))
+        kept = batcher.submit_async("k", model, {"x": np.full((1, 1), 2.0)}, 1,
+                                    on_done=lambda: done.append("kept"))
+        gone.cancel()
+        await asyncio.sleep(0.05)
+        model.gate.set()
+        return await asyncio.wait_for(kept, 5)
+
+    assert asyncio.run(main())["y"].tolist() == [[20.0]]
+    assert sorted(done) == ["gone", "kept"]
+    assert [c["x"].tolist() for c in model.calls[1:]] == [[[2.0]]]   # the cancelled one never ran
+
+    async def broken():
+        def fail(inputs):
+            raise ValueError("boom")
+        return await asyncio.wait_for(batcher.submit_async("k2", fail, {"x": np.ones((1, 1))},
+                                                           1), 5)
+
+    with pytest.raises(ServingError, match="ValueError: boom"):
+        asyncio.run(broken())
+    batcher.close()
+
+
 def test_a_failing_batch_fails_its_requests_and_the_thread_lives_on():
     batcher, _ = _batcher()
 

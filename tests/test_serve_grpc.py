@@ -548,6 +548,36 @@ def test_the_client_deadline_reaches_the_queue(server):
                  == before + 1, timeout=10)
 
 
+def test_a_lone_grpc_request_does_not_wait_for_the_batch_timeout(bases):
+    from tfprod.serve.config import BatchingParameters
+
+    batching = BatchingParameters(max_batch_size=8, batch_timeout_micros=3_000_000,
+                                  num_batch_threads=1)
+    registry = ModelRegistry(_specs(bases), poll_wait_seconds=0, batching=batching).start()
+    srv = grpc.server(ThreadPoolExecutor(max_workers=4), options=UNLIMITED)
+    add_grpc_services(srv, registry, reload_config=registry.reload_config)
+    port = srv.add_insecure_port("127.0.0.1:0")
+    srv.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            for _ in range(3):
+                start = time.monotonic()
+                reply = stub.Predict(_predict_request(x=X, n=N), timeout=30)
+                assert time.monotonic() - start < 1.0
+                np.testing.assert_allclose(tf.make_ndarray(reply.outputs["scaled"]), X * 2)
+            bad = _error(lambda r, timeout: stub.Predict(r, timeout=timeout),
+                         _predict_request(x=X))     # n missing: fails before it is queued
+            assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT
+            start = time.monotonic()
+            stub.Predict(_predict_request(x=X, n=N), timeout=30)
+            assert time.monotonic() - start < 1.0
+        assert registry.batcher._arriving == 0
+    finally:
+        srv.stop(0)
+        registry.close()
+
+
 # ------------------------------------------------------------------------------ `tfprod serve`
 
 

@@ -391,3 +391,96 @@ def test_full_queue_is_429(slow):
             assert httpx.post(url, content=spin(1), timeout=60).status_code == 200
     finally:
         registry.close()
+
+
+# ------------------------------------------------------------------------------ the hot path
+
+
+@pytest.fixture(scope="module")
+def affine_base(tmp_path_factory):
+    base = tmp_path_factory.mktemp("affine_rest")
+    write_affine(base / "1", scale=2.0, bias=1.0)
+    return str(base)
+
+
+def test_a_lone_request_does_not_wait_for_the_batch_timeout(affine_base):
+    # TF Serving's batching makes a lone request wait batch_timeout_micros; tfprod does not.
+    batching = BatchingParameters(max_batch_size=8, batch_timeout_micros=3_000_000,
+                                  num_batch_threads=1)
+    registry = ModelRegistry([ModelSpec("m", affine_base)], poll_wait_seconds=0,
+                             batching=batching).start()
+    try:
+        app = make_rest_app(registry, max_body_bytes=1024, timeout_ms=None, monitoring_path=None)
+        with ThreadServer(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+            for x in (1.0, 2.0, 3.0):
+                start = time.monotonic()
+                r = c.post("/v1/models/m:predict", json={"instances": [[x, 0.0, -x]]})
+                assert time.monotonic() - start < 1.0
+                assert r.json() == {"predictions": [[2 * x + 1, 1.0, -2 * x + 1]]}
+            # A request that fails before it is queued does not leave the batcher waiting.
+            assert c.post("/v1/models/m:predict", content=b"{").status_code == 400
+            assert c.post("/v1/models/m:predict", json={"instances": [[1, 2]]}).status_code == 400
+            start = time.monotonic()
+            assert c.post("/v1/models/m:predict", json={"instances": [[0, 0, 0]]}).json() == \
+                {"predictions": [[1.0, 1.0, 1.0]]}
+            assert time.monotonic() - start < 1.0
+        assert registry.batcher._arriving == 0
+    finally:
+        registry.close()
+
+
+def test_concurrent_rest_requests_are_merged_and_answered_each_their_own(affine_base):
+    batching = BatchingParameters(max_batch_size=64, batch_timeout_micros=20_000,
+                                  num_batch_threads=1)
+    registry = ModelRegistry([ModelSpec("m", affine_base)], poll_wait_seconds=0,
+                             batching=batching).start()
+    try:
+        runs = int(registry.get("m").predict("calls", {})["runs"])
+        app = make_rest_app(registry, max_body_bytes=1024, timeout_ms=None, monitoring_path=None)
+        with ThreadServer(app) as srv:
+            def one(i):
+                return httpx.post(srv.url + "/v1/models/m:predict",
+                                  json={"instances": [[i, i, i]]}, timeout=30).json()
+
+            with concurrent.futures.ThreadPoolExecutor(16) as pool:
+                replies = list(pool.map(one, range(48)))
+        assert replies == [{"predictions": [[2.0 * i + 1] * 3]} for i in range(48)]
+        calls = int(registry.get("m").predict("calls", {})["runs"]) - runs - 1
+        assert calls < 48, "concurrent requests were never merged"
+    finally:
+        registry.close()
+
+
+def test_the_app_is_plain_asgi_with_lifespan_and_a_bounded_route_cache(affine_base):
+    import asyncio
+
+    from tfprod.serve import rest
+
+    registry = ModelRegistry([ModelSpec("m", affine_base)], poll_wait_seconds=0).start()
+    try:
+        app = make_rest_app(registry, max_body_bytes=1024, timeout_ms=None, monitoring_path=None)
+        assert isinstance(app, rest.RestApi)
+        sent = []
+
+        async def lifespan():
+            messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+
+            async def receive():
+                return next(messages)
+
+            async def send(message):
+                sent.append(message["type"])
+
+            await app({"type": "lifespan"}, receive, send)
+
+        asyncio.run(lifespan())
+        assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+        with ThreadServer(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+            for v in range(rest._ROUTE_CACHE + 5):          # distinct paths: all routed right
+                r = c.post(f"/v1/models/m/labels/l{v}:predict", json={"instances": [[1, 2, 3]]})
+                assert r.status_code == 404 and f"label: l{v}" in r.json()["error"]
+            assert len(app._predict_routes) <= rest._ROUTE_CACHE
+            assert c.post("/v1/models/%6D:predict", json={"instances": [[1, 2, 3]]}).json() == \
+                {"predictions": [[3.0, 5.0, 7.0]]}                    # %6D is "m"
+    finally:
+        registry.close()

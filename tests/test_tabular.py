@@ -262,8 +262,19 @@ def test_normalization_statistics_equal_numpy(digits):
         layer = prep.layers[name]
         assert isinstance(layer, keras.layers.Normalization)
         np.testing.assert_allclose(float(np.ravel(layer.mean)[0]), data[:, j].mean(), atol=1e-5)
-        np.testing.assert_allclose(float(np.ravel(layer.variance)[0]), data[:, j].var(),
+        # Constant columns (pixel_0 is always 0) keep variance 1: centred, not divided by ~0.
+        np.testing.assert_allclose(float(np.ravel(layer.variance)[0]), data[:, j].var() or 1.0,
                                    atol=1e-5)
+
+
+def test_a_column_constant_in_training_stays_finite_on_new_values(tmp_path):
+    # Regression: variance 0 made Normalization divide by Keras' epsilon, so a pixel that was
+    # always 0 in training turned a later value of 16 into 1.6e8 and the loss into thousands.
+    path = tmp_path / "t.csv"
+    path.write_text("a,b,label\n" + "".join(f"0,{i},{i % 2}\n" for i in range(20)))
+    prep = preprocessing(str(path), label="label")
+    out = prep.model()({"a": np.array([[16]]), "b": np.array([[3]])})
+    assert float(np.max(np.abs(out))) == pytest.approx(16.0)
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 import json
 import os
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -95,3 +96,117 @@ def test_model_function_without_loss_is_refused(tmp_path, digits_dirs, monkeypat
     r, _ = _train(tmp_path, digits_dirs, "--model", "user_model:build")
     assert r.returncode == 2
     assert "not compiled with a loss" in r.stderr
+
+
+# ------------------------------------------------------------------------ the user's own data
+
+
+def test_own_csv_trains_then_exports_predicts_and_serves_class_names(own_tables, tmp_path):
+    """The path after the quickstart, as a user runs it: no flag says what the labels mean."""
+    import urllib.request
+
+    from tfprod.serve.process import ServerProcess
+
+    data = own_tables["wine_names"]["csv"]
+    model = str(tmp_path / "wine.keras")
+    r = run("train", "--model", "mlp", "--data", data, "--epochs", "4", "--learning-rate",
+            "0.003", "--early-stopping", "2", "--save", model, "--logdir",
+            str(tmp_path / "runs"), "--json", str(tmp_path / "r.json"), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert ("task: 3-class classification: label 'label' holds 3 names ('barbera', 'barolo', "
+            "'grignolino')") in " ".join(r.stderr.split())
+    assert "hashed split 0.2" in r.stderr
+    for header in ("epoch", "loss", "val loss", "val acc", "val F1"):
+        assert header in r.stdout
+    result = json.loads((tmp_path / "r.json").read_text())
+    best = result["best_epoch"]
+    assert f"saved {model} (the weights of epoch {best})" in " ".join(r.stdout.split())
+
+    base = tmp_path / "models" / "wine"
+    r = run("export", model, str(base), "--data", data)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "classes" in r.stdout and "string" in r.stdout and "(None, 3)" in r.stdout
+
+    r = run("predict", str(base), data, "--out", str(tmp_path / "p.jsonl"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert len(rows) == 178 and {row["class"] for row in rows} <= {"barbera", "barolo",
+                                                                   "grignolino"}
+    lines = Path(data).read_text().splitlines()
+    labels = [line.rsplit(",", 1)[1] for line in lines[1:]]
+    assert sum(row["class"] == y for row, y in zip(rows, labels, strict=True)) / 178 > 0.8
+
+    # optimize tests on the rows training held out: the model knows which.
+    r = run("optimize", model, "--data", data, "--variants", "float32", "--runs", "5",
+            "--out", str(tmp_path / "variants"), "--json", str(tmp_path / "o.json"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((tmp_path / "o.json").read_text())
+    assert report["test_examples"] == result["split"]["held_out"]["rows"]
+    assert report["reference"] == pytest.approx(  # the float model on the held-out rows
+        100 * result["history"]["val_accuracy"][best - 1], abs=1e-3)
+
+    header, first = lines[0].split(",")[:-1], lines[1].split(",")
+    # Each column is an input of shape (None, 1), int64 where the CSV holds whole numbers.
+    instance = {name: [json.loads(v)] for name, v in zip(header, first, strict=False)}
+    with ServerProcess("wine", base, log=str(tmp_path / "serve.log")) as server:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{server.rest_port}/v1/models/wine:predict",
+            data=json.dumps({"instances": [instance, instance]}).encode(), method="POST")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer = json.loads(response.read())
+    predictions = answer["predictions"]
+    assert predictions[0]["classes"] == rows[0]["class"] == predictions[1]["classes"]
+    assert len(predictions[0]["probabilities"]) == 3
+
+
+def test_bad_labels_are_one_line_on_the_command_line(tmp_path):
+    path = tmp_path / "ids.csv"
+    path.write_text("a,label\n" + "".join(f"{i % 3},{i}\n" for i in range(50)))
+    r = run("train", "--model", "mlp", "--data", str(path), "--logdir", str(tmp_path / "runs"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: label 'label' has a different value")
+    assert "looks like an id" in lines[0]
+
+
+def _split_of(path, subset):
+    from tfprod.data import read_csv
+
+    return read_csv(path, label="label", validation_split=0.2, subset=subset).split
+
+
+@pytest.mark.slow
+def test_multi_worker_workers_draw_the_same_split(own_tables, tmp_path):
+    data = own_tables["wine"]["csv"]
+    out = tmp_path / "r.json"
+    r = run("train", "--model", "mlp", "--data", data, "--epochs", "2", "--strategy",
+            "multi-worker", "--workers", "2", "--logdir", str(tmp_path / "runs"), "--json",
+            str(out), timeout=400)
+    assert r.returncode == 0, r.stderr[-3000:]
+    chief = json.loads(out.read_text())
+    other = json.loads((tmp_path / "r.worker-1.json").read_text())
+    assert chief["replicas"] == 2 and chief["split"] == other["split"]
+    assert chief["split"]["training"]["fingerprint"] == _split_of(data, "training").fingerprint
+    assert chief["split"]["held_out"]["fingerprint"] == _split_of(data, "validation").fingerprint
+    # Same validation scores and the same best epoch on both workers: they stop together.
+    assert chief["history"]["val_loss"] == other["history"]["val_loss"]
+    assert chief["best_epoch"] == other["best_epoch"]
+    assert chief["weights_sha256"] == other["weights_sha256"]
+    assert len(chief["history"]["val_macro_f1"]) == 2
+
+
+@pytest.mark.slow
+def test_parameter_server_scores_the_held_out_split(own_tables, tmp_path):
+    data = own_tables["cancer"]["csv"]
+    out = tmp_path / "r.json"
+    r = run("train", "--model", "mlp", "--data", data, "--epochs", "2", "--strategy", "ps",
+            "--workers", "2", "--logdir", str(tmp_path / "runs"), "--json", str(out),
+            timeout=400)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["strategy"].startswith("ParameterServerStrategy")
+    assert result["split"]["held_out"]["fingerprint"] == _split_of(data, "validation").fingerprint
+    for name in ("val_loss", "val_accuracy", "val_auc", "accuracy"):
+        assert len(result["history"][name]) == 2, name
+    assert result["history"]["val_loss"][-1] < result["history"]["val_loss"][0]
+    assert result["history"]["val_accuracy"][-1] > 0.8

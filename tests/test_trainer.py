@@ -228,3 +228,16 @@ def test_bad_tf_config_is_a_clear_error(monkeypatch):
         make_strategy("ps")
     with pytest.raises(TfprodError, match="strategy 'tpu'"):
         make_strategy("tpu")
+
+
+def test_evaluate_is_the_mean_over_examples_as_keras_evaluate():
+    # Regression: the mean of per-batch means gave a short last batch the weight of a full one.
+    x, y = _data(100)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)  # 32, 32, 32 and 4 examples
+    model = _model()
+    trainer = Trainer(model)
+    trainer.fit(ds, epochs=1)
+    got = trainer.evaluate(ds)
+    want = model.evaluate(ds, verbose=0, return_dict=True)
+    assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+    assert got["accuracy"] == pytest.approx(want["accuracy"], abs=1e-6)

@@ -30,6 +30,8 @@ class QuickstartResult:
     seconds: float
     optimize: Any = None  # the OptimizeReport of the variants
     serving: dict[str, Any] | None = None
+    validation_accuracy: float | None = None  # of the epoch kept, on held-out training images
+    best_epoch: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -89,13 +91,17 @@ def run(
 
     t0 = time.perf_counter()
     size = (image_size, image_size)
+    # A hashed fifth of the training images is held out: the validation score of each epoch,
+    # and the epoch whose weights are kept; the test images stay unseen until the end.
     train = image_folder(paths["train"], size, color_mode="grayscale", batch_size=batch_size,
-                         seed=seed)
+                         seed=seed, validation_split=0.2, subset="training")
+    val = image_folder(paths["train"], size, color_mode="grayscale", batch_size=256,
+                       shuffle=False, validation_split=0.2, subset="validation")
     test = image_folder(paths["test"], size, color_mode="grayscale", batch_size=256,
                         shuffle=False)
-    n_train, n_test = len(train.file_paths), len(test.file_paths)
-    stage("pipeline", t0, result=f"{n_train} train / {n_test} test images, "
-          "parallel decode, cached, reshuffled, prefetched")
+    n_train, n_val, n_test = len(train.file_paths), len(val.file_paths), len(test.file_paths)
+    stage("pipeline", t0, result=f"{n_train} train / {n_val} validation / {n_test} test "
+          "images, parallel decode, cached, reshuffled, prefetched")
 
     t0 = time.perf_counter()
     report = inspect_dataset(train, class_names=train.class_names, source=paths["train"])
@@ -120,15 +126,19 @@ def run(
     steps = int(tf.data.experimental.cardinality(train))
     sample = next(iter(train))
     trainer = Trainer(model)
+    best = keras.callbacks.EarlyStopping(monitor="val_loss", patience=epochs,
+                                         restore_best_weights=True)
     history = trainer.fit(
-        train, epochs=epochs, validation_data=test,
+        train, epochs=epochs, validation_data=val,
         callbacks=[keras.callbacks.TensorBoard(logdir, histogram_freq=1),
                    GradientStats(sample, logdir),  # gradient histograms: Keras logs none
-                   RichProgress(steps, console=console)],
+                   RichProgress(steps, console=console), best],
     )
     losses = history.history["loss"]
+    validation_accuracy = float(history.history["val_accuracy"][best.best_epoch])
     stage("train", t0, result=f"{model.count_params():,} parameters, {epochs} epochs with "
-          f"tfprod.train.Trainer, loss {losses[0]:.3f} -> {losses[-1]:.3f}, "
+          f"tfprod.train.Trainer, loss {losses[0]:.3f} -> {losses[-1]:.3f}, validation "
+          f"accuracy {validation_accuracy:.4f} (best epoch {best.best_epoch + 1}, kept), "
           f"{trainer.steps_per_second:.0f} steps/s")
 
     t0 = time.perf_counter()
@@ -177,7 +187,8 @@ def run(
     }
     return QuickstartResult(out, stages, artifacts, accuracy,
                             round(time.perf_counter() - start, 1), optimize=report,
-                            serving=serving)
+                            serving=serving, validation_accuracy=validation_accuracy,
+                            best_epoch=best.best_epoch + 1)
 
 
 def serve_and_query(base: str, images: Any, labels: Any, *, log: str,

@@ -32,10 +32,11 @@ def _data_path(path: Path) -> Path:
 
 def _reference_data(path: Path, model: Any, label: str | None) -> Any:
     from tfprod.doctor.sources import load_data
+    from tfprod.models.target import find_task
 
     path = _data_path(path)
-    if label is None and path.suffix.lower() == ".csv":
-        label = "label"
+    if label is None and path.suffix.lower() == ".csv" and find_task(model) is None:
+        label = "label"  # a model trained by tfprod train knows its label column
     return load_data(path, model=model, label=label, batch_size=256, seed=0)
 
 

@@ -10,22 +10,43 @@ from tfprod.console import console, progress, table, tf, write_json
 from tfprod.errors import TfprodError
 
 
-def _splits(data: Path, test: Path | None) -> tuple[Path, Path]:
-    """The train and test paths: ``--data`` and ``--test``, or ``DATA/train`` and ``DATA/test``."""
+def _splits(data: Path, test: Path | None) -> tuple[Path, Path | None]:
+    """The train and test paths: ``--data`` and ``--test``, or ``DATA/train`` and ``DATA/test``;
+    ``None`` for the test path of one table (a CSV file or TFRecord folder)."""
     if test is not None:
         return data, test
     for train_name, test_name in (("train", "test"), ("train.csv", "test.csv")):
         if (data / train_name).exists() and (data / test_name).exists():
             return data / train_name, data / test_name
-    raise TfprodError(f"--data {data}: expected {data}/train and {data}/test (the layout "
-                      "tfprod data sample writes), or pass the test set with --test PATH")
+    if data.suffix.lower() == ".csv" and data.is_file() or (data / "schema.json").is_file():
+        return data, None
+    raise _no_test_set(data)
+
+
+def _no_test_set(data: Path) -> TfprodError:
+    return TfprodError(f"--data {data}: expected {data}/train and {data}/test (the layout "
+                       "tfprod data sample writes), the table tfprod train trained this model "
+                       "on with a validation split (its held-out rows are then the test set), "
+                       "or pass the test set with --test PATH")
+
+
+def _held_out(net, data: Path) -> float:
+    """The hashed share of ``data`` the model was not trained on (its Target layer knows)."""
+    from tfprod.models.target import find_target
+
+    target = find_target(net)
+    if target is None or not target.held_out:
+        raise _no_test_set(data)
+    return target.held_out
 
 
 def optimize(
     model: Path = typer.Argument(..., help="The trained model (.keras)."),
     data: Path = typer.Option(..., help="Folder with train/ and test/ (image folders, TFRecord "
-                                        "folders) or train.csv/test.csv; or the training set "
-                                        "with --test."),
+                                        "folders) or train.csv/test.csv; the CSV file or "
+                                        "TFRecord folder tfprod train trained the model on "
+                                        "(its held-out rows are the test set); or the "
+                                        "training set with --test."),
     test: Path | None = typer.Option(None, help="The test set, when --data is the training set."),
     label: str | None = typer.Option(None, help="Label feature/column (TFRecord, CSV)."),
     max_drop: float = typer.Option(1.0, help="Accuracy budget of the recommendations (points)."),
@@ -57,8 +78,14 @@ def optimize(
     with progress() as p:
         task = p.add_task(f"loading {model}", total=None)
         net = load_model(str(model))
-        train = load_data(train_path, model=net, label=label, batch_size=256)
-        test_set = load_data(test_path, model=net, label=label, batch_size=256)
+        sides: tuple[dict, dict] = ({}, {})
+        if test_path is None:  # the rows tfprod train held out of this table are the test set
+            share = _held_out(net, data)
+            test_path = train_path
+            sides = ({"validation_split": share, "subset": "training"},
+                     {"validation_split": share, "subset": "validation"})
+        train = load_data(train_path, model=net, label=label, batch_size=256, **sides[0])
+        test_set = load_data(test_path, model=net, label=label, batch_size=256, **sides[1])
         report = run_optimize(
             net, train, test_set, out_dir=out, max_drop=max_drop, variants=names, runs=runs,
             prune_epochs=prune_epochs, png=png,
@@ -81,7 +108,8 @@ def optimize(
 def predict(
     model: Path = typer.Argument(..., help=".keras file, SavedModel folder (or TF Serving base "
                                            "folder: newest version) or .tflite file."),
-    data: Path = typer.Argument(..., help=".npy array, image folder or TFRecord folder."),
+    data: Path = typer.Argument(..., help=".npy array, image folder, TFRecord folder or .csv "
+                                          "(a model trained on CSV columns)."),
     out: Path = typer.Option(..., help="Predictions file: .npy, .csv or .jsonl."),
     batch_size: int = typer.Option(256, help="Examples per model call."),
     feature: str | None = typer.Option(None, help="Input feature of a TFRecord folder."),

@@ -37,7 +37,9 @@ def quickstart(
                          report.columns, report.rows))
     console.print(table("artifacts", ["what", "where / how to open"],
                          [[k, v] for k, v in result.artifacts.items()]))
-    console.print(f"test accuracy [bold]{result.test_accuracy:.4f}[/] in {result.seconds:.0f} s")
+    console.print(f"validation accuracy {result.validation_accuracy:.4f} (epoch "
+                  f"{result.best_epoch}, kept); test accuracy [bold]{result.test_accuracy:.4f}"
+                  f"[/] in {result.seconds:.0f} s")
     write_json(json_path, result.to_json())
 
 

@@ -94,6 +94,10 @@ def register(app: typer.Typer) -> None:
             0, "--tensorflow_intra_op_parallelism", help="Threads inside one op; 0: TF's."),
         tensorflow_inter_op_parallelism: int = typer.Option(
             0, "--tensorflow_inter_op_parallelism", help="Ops run in parallel; 0: TF's."),
+        runtime: str = typer.Option(
+            "tensorflow", "--runtime", help="tensorflow, or litert: run each version's "
+            "model.tflite, or its SavedModel converted at load, on the LiteRT interpreter "
+            "(TensorFlow for what does not convert). models.config: model_platform."),
     ) -> None:
         """Serve SavedModels over TF Serving's REST and gRPC APIs (tensorflow_model_server flags).
 
@@ -118,5 +122,5 @@ def register(app: typer.Typer) -> None:
             enable_model_warmup=enable_model_warmup, rest_api_host=rest_api_host,
             grpc_host=grpc_host, max_body_bytes=max_body_bytes, grpc_max_threads=grpc_max_threads,
             tensorflow_intra_op_parallelism=tensorflow_intra_op_parallelism,
-            tensorflow_inter_op_parallelism=tensorflow_inter_op_parallelism)
+            tensorflow_inter_op_parallelism=tensorflow_inter_op_parallelism, runtime=runtime)
         raise typer.Exit(run(options, log=_log))

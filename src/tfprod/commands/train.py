@@ -30,13 +30,30 @@ def train(
     mixed_precision: str | None = typer.Option(None, help="mixed_float16 | mixed_bfloat16"),
     jit: bool = typer.Option(False, help="Compile the step with XLA."),
     learning_rate: float = typer.Option(1e-3, help="Learning rate of the presets."),
-    save: str | None = typer.Option(None, help="Save the trained model (.keras)."),
+    validation: str | None = typer.Option(
+        None, help="Validation data of the same kind and columns as --data."),
+    validation_split: float | None = typer.Option(
+        None, help="Share of --data held out for validation by a hashed split (default 0.2 "
+                   "without --validation; 0: none)."),
+    task: str | None = typer.Option(None, help="classification | regression (default: read "
+                                               "from the labels)."),
+    num_classes: int | None = typer.Option(None, help="Classes, for integer class ids 0..N-1."),
+    early_stopping: int | None = typer.Option(
+        None, help="Stop after N epochs without a better validation loss."),
+    save: str | None = typer.Option(
+        None, help="Save the model (.keras): the best epoch's, with validation data."),
     cluster_timeout: float = typer.Option(60.0, help="Seconds to wait for the other tasks."),
     json_path: Path | None = typer.Option(None, "--json", help="Also write the result as JSON."),
 ) -> None:
-    """Train a model under any tf.distribute strategy, with TensorBoard logs and checkpoints.
+    """Train a model on your data under any tf.distribute strategy, scored on held-out data.
 
-    Example: [bold]tfprod train --model cnn --data digits/train --strategy mirrored --epochs 3[/]
+    The task is read from the labels (k classes, binary, regression in the label's units;
+    string labels become class names) and printed; a hashed 20% of --data is held out unless
+    --validation is given; the best epoch's weights (lowest validation loss) are kept and saved.
+
+    Example: [bold]tfprod train --model mlp --data wine.csv --label label --early-stopping 3
+    --save model.keras[/]
+    Images: [bold]tfprod train --model cnn --data digits/train --strategy mirrored --epochs 3[/]
     Multi-worker on this machine: [bold]tfprod train --model cnn --data digits/train
     --strategy multi-worker --workers 2[/]
     """
@@ -47,23 +64,38 @@ def train(
     if mixed_precision not in (None, "mixed_float16", "mixed_bfloat16"):
         raise TfprodError(f"--mixed-precision {mixed_precision}; expected mixed_float16 or "
                           "mixed_bfloat16")
+    if validation is not None and validation_split:
+        raise TfprodError(f"--validation {validation} and --validation-split "
+                          f"{validation_split}: choose one source of validation data")
     config = TrainConfig(
         model=model, data=data, epochs=epochs, batch_size=batch_size, strategy=strategy,
         label=label, image_size=image_size, logdir=logdir, checkpoint_dir=checkpoint_dir,
         resume=resume, accumulation_steps=accumulate, clip_norm=clip_norm,
         mixed_precision=mixed_precision, jit_compile=jit, learning_rate=learning_rate,
+        validation=validation,
+        validation_split=0.2 if validation_split is None else validation_split,
+        task=task, num_classes=num_classes, early_stopping=early_stopping,
         save=save, cluster_timeout=cluster_timeout)
 
     def run_here() -> None:
         from tfprod.train.run import run_training, worker_json_path
 
         result = run_training(config, console=err_console)
-        rows = [[k, " -> ".join(f"{v:.4f}" for v in (vs[0], vs[-1]))]
-                for k, vs in result.history.items()]
-        console.print(table(f"tfprod train ({result.strategy}, {result.replicas} replica(s), "
-                             f"{result.task})", ["metric", "first -> last epoch"], rows))
+        columns, rows = epoch_table(result.history, result.epochs, result.best_epoch)
+        strategy_name = ("default strategy" if result.strategy == "_DefaultDistributionStrategy"
+                         else result.strategy)
+        console.print(table(f"tfprod train: {strategy_name}, {result.replicas} replica(s), "
+                             f"{result.task}", columns, rows))
+        if result.best_epoch is not None:
+            stopped = " (stopped early)" if result.stopped_early else ""
+            i = result.epochs.index(result.best_epoch)
+            console.print(f"best epoch {result.best_epoch}{stopped}: validation loss "
+                          f"{result.history['val_loss'][i]:.4f}; its weights are kept",
+                          highlight=False)
         if result.saved:
-            console.print(f"saved {result.saved}")
+            which = (f" (the weights of epoch {result.best_epoch})"
+                     if result.best_epoch is not None else "")
+            console.print(f"saved {result.saved}{which}", highlight=False)
         console.print(f"TensorBoard: tensorboard --logdir {logdir}")
         write_json(worker_json_path(json_path), result.to_json())
 
@@ -73,6 +105,27 @@ def train(
                      run_chief=run_here)
     else:
         run_here()
+
+
+_SHORT = {"loss": "loss", "accuracy": "acc", "macro_f1": "F1", "auc": "AUC", "mae": "MAE",
+          "rmse": "RMSE"}
+
+
+def epoch_table(history: dict[str, list[float]], epochs: list[int], best: int | None
+                ) -> tuple[list[str], list[list[str]]]:
+    """One row per epoch: training loss and metrics, then validation's (``*`` marks the best)."""
+    train = ["loss"] + [k for k in history if k != "loss" and not k.startswith("val_")]
+    names = train + [f"val_{k}" for k in train]
+    names = [k for k in names if k in history]
+    names = [k for k in names if all(isinstance(v, float) for v in history[k])]
+    columns = ["epoch"] + [("val " if k.startswith("val_") else "")
+                           + _SHORT.get(k.removeprefix("val_"), k.removeprefix("val_"))
+                           for k in names]
+    rows = []
+    for i, epoch in enumerate(epochs or range(1, len(history.get("loss", [])) + 1)):
+        mark = "*" if epoch == best else ""
+        rows.append([f"{epoch}{mark}"] + [f"{history[k][i]:.4f}" for k in names])
+    return columns, rows
 
 
 def profile(

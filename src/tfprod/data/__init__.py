@@ -3,6 +3,8 @@
 - TFRecords with a schema: :func:`write_tfrecords`, :func:`read_tfrecords`.
 - Image folders: :func:`image_folder`.
 - CSV with preprocessing that lives in the model: :func:`read_csv`, :func:`preprocessing`.
+- Held-out data: a hashed ``validation_split`` in every reader (:class:`SplitInfo`); the task
+  the labels ask for: :func:`infer_task`, :class:`LabelTask`.
 - Variable-length sequences: :func:`padded_batches`, :func:`bucketed_batches`,
   :func:`ragged_batches`, :class:`RaggedToDense`, :func:`compare_strategies`.
 - Data larger than memory: :func:`from_generator`, file caches (``cache="path"``).
@@ -32,7 +34,9 @@ from tfprod.data.sequences import (
     ragged_to_padded,
 )
 from tfprod.data.skipped import SkippedRecordsWarning
+from tfprod.data.split import SplitInfo
 from tfprod.data.tabular import TabularPreprocessing, preprocessing, read_csv
+from tfprod.data.task import LabelTask, infer_task
 from tfprod.data.tfrecord import ImageFiles, read_tfrecords, write_tfrecords
 
 __all__ = [
@@ -42,9 +46,11 @@ __all__ = [
     "ImageFolder",
     "InspectReport",
     "Interactions",
+    "LabelTask",
     "Schema",
     "RaggedToDense",
     "SkippedRecordsWarning",
+    "SplitInfo",
     "TabularPreprocessing",
     "bucket_boundaries",
     "bucketed_batches",
@@ -52,6 +58,7 @@ __all__ = [
     "compare_strategies",
     "from_generator",
     "image_folder",
+    "infer_task",
     "inspect_dataset",
     "inspect_path",
     "list_image_folder",

@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from tfprod.data.options import apply_options, cache_dataset
 from tfprod.data.skipped import SkippedRecordsWarning
+from tfprod.data.split import SplitInfo, check_split, summarize, take_subset
 from tfprod.errors import TfprodError
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -309,6 +310,8 @@ def read_csv(
     deterministic: bool = False,
     ignore_errors: bool = False,
     delimiter: str = ",",
+    validation_split: float | None = None,
+    subset: str | None = None,
 ) -> tf.data.Dataset:
     """Reads CSV files with a header line into batches of ``{column: tensor}``.
 
@@ -340,6 +343,9 @@ def read_csv(
             reports how many rows were skipped in which files. Every row is checked first.
             Not possible in files whose quoted values span lines.
         delimiter: the field separator, e.g. ``"\\t"`` for TSV.
+        validation_split, subset: read only the ``"training"`` or ``"validation"`` side of a
+            hashed split of the rows (see :mod:`tfprod.data.split`); the dataset's ``split``
+            attribute then says how many rows that side has and their fingerprint.
 
     Returns:
         A ``tf.data.Dataset`` of ``{column: [batch] tensor}`` dicts, or ``(dict, label)``
@@ -361,6 +367,7 @@ def read_csv(
         raise TfprodError(f"batch_size={batch_size}; expected a positive integer")
     if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in "\"\r\n":
         raise TfprodError(f"delimiter={delimiter!r}; expected one character such as ',' or '\\t'")
+    check_split(validation_split, subset)
     files = _resolve(path)
     header, cols, scans = _scan(files, dict(dtypes or {}), delimiter, ignore_errors)
     if label is not None and label not in header:
@@ -402,6 +409,9 @@ def read_csv(
     if multiline:
         # Quoted line breaks: CsvDataset parses records, not lines (and has no bad rows here).
         def records(f, _):
+            if validation_split is not None:  # the split key is the whole record
+                return tf.data.experimental.CsvDataset(
+                    f, [_default(c.kind) for c in cols], header=True, field_delim=delimiter)
             return tf.data.experimental.CsvDataset(
                 f, defaults, header=True, field_delim=delimiter, select_cols=select)
 
@@ -409,6 +419,21 @@ def read_csv(
     else:
         # Sequential on purpose: a parallel interleave of single lines halves the rows/s.
         ds = ds.interleave(_lines_reader(scans), cycle_length=cycle)
+    split = None
+    if validation_split is not None:
+        # Taken before the cache and the shuffle, by the row as written in the file.
+        key = _record_key(delimiter) if multiline else None
+        ds = take_subset(ds, validation_split, subset, key=key)
+        # Counted eagerly; a dataset function traced for parameter-server workers skips it.
+        if all(s.complete for s in scans) and tf.executing_eagerly():
+            rows, fingerprint = summarize(ds, key=key)  # a sum: the order does not matter
+            split = SplitInfo(subset, validation_split, rows, fingerprint)
+            if rows == 0:
+                raise TfprodError(f"{files[0]}: the {subset} side of validation_split="
+                                  f"{validation_split} holds no rows; use more rows or another "
+                                  "validation_split")
+        if multiline:
+            ds = ds.map(lambda *row: tuple(row[i] for i in select))
     ds = cache_dataset(ds, cache)
     if shuffle:
         ds = ds.shuffle(_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
@@ -428,11 +453,23 @@ def read_csv(
         return {n: row[n] for n in names}, y
 
     ds = ds.map(to_dict, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-    if all(s.complete for s in scans):
+    if all(s.complete for s in scans) and (split or validation_split is None):
         # Known length: Keras shows progress and knows an epoch's steps; TF checks the count.
-        rows = sum(s.records - len(s.bad) for s in scans)
+        rows = split.rows if split else sum(s.records - len(s.bad) for s in scans)
         ds = ds.apply(tf.data.experimental.assert_cardinality(-(-rows // batch_size)))
-    return apply_options(ds.prefetch(AUTOTUNE), deterministic=deterministic)
+    ds = apply_options(ds.prefetch(AUTOTUNE), deterministic=deterministic)
+    ds.split = split
+    return ds
+
+
+def _record_key(delimiter: str):
+    """The split key of records parsed by ``CsvDataset`` (a batch of each field): their fields
+    joined again."""
+    def key(*fields):
+        text = [f if f.dtype == tf.string else tf.strings.as_string(f) for f in fields]
+        return tf.strings.reduce_join(tf.stack(text, axis=1), axis=1, separator=delimiter)
+
+    return key
 
 
 def _lines_reader(scans: list[_FileScan]):
@@ -652,6 +689,9 @@ def preprocessing(
         inputs[c] = keras.Input(shape=(1,), dtype=dtype, name=_layer_name(c, ""))
     for c in numeric:
         mean, variance = moments[c].result()
+        # A column constant in training (a pixel that is always 0) would be divided by
+        # Keras' epsilon: a value seen later becomes ~1e7. Centred only, as scikit-learn does.
+        variance = variance if variance > 0 else 1.0
         layers[c] = keras.layers.Normalization(mean=mean, variance=variance,
                                                name=_layer_name(c, "_normalization"))
         features[c] = layers[c](inputs[c])

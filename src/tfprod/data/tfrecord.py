@@ -21,6 +21,7 @@ import tensorflow as tf
 from tfprod.data.options import apply_options, cache_dataset
 from tfprod.data.schema import IMAGE_ENCODINGS, FeatureSpec, Schema, infer_spec
 from tfprod.data.skipped import SkippedRecordsWarning
+from tfprod.data.split import SplitInfo, check_split, summarize, take_subset
 from tfprod.errors import TfprodError
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -321,6 +322,8 @@ def read_tfrecords(
     drop_remainder: bool = False,
     ignore_errors: bool = False,
     parallel_reads: bool | None = None,
+    validation_split: float | None = None,
+    subset: str | None = None,
 ) -> tf.data.Dataset:
     """Reads a folder written by :func:`write_tfrecords` into batches.
 
@@ -342,6 +345,10 @@ def read_tfrecords(
         ignore_errors: skip unreadable or off-schema records instead of failing; a
             :class:`SkippedRecordsWarning` reports how many were skipped, and from which files.
         parallel_reads: read shards in parallel threads; default: only on a remote filesystem.
+        validation_split, subset: read only the ``"training"`` or ``"validation"`` side of a
+            hashed split of the serialized records (see :mod:`tfprod.data.split`); the
+            dataset's ``split`` attribute then says how many records that side has and their
+            fingerprint.
 
     Returns:
         A ``tf.data.Dataset`` of dicts (or ``(dict, label)`` tuples).
@@ -351,6 +358,7 @@ def read_tfrecords(
             match the schema (each naming the file).
     """
     directory = os.fspath(directory)
+    check_split(validation_split, subset)
     schema = Schema.load(directory)
     names = list(features) if features is not None else list(schema.features)
     unknown = [n for n in names + ([label] if label else []) if n not in schema.features]
@@ -377,6 +385,20 @@ def read_tfrecords(
     if shuffle and len(files) > 1:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     ds = _interleave_shards(ds, schema, len(files), parallel_reads, directory, deterministic)
+    split, rows = None, None if ignore_errors else schema.num_examples
+    if validation_split is not None:
+        # On the record as stored, before the cache and the shuffle.
+        ds = take_subset(ds, validation_split, subset)
+        rows = None
+        # Counted eagerly; a dataset function traced for parameter-server workers skips it.
+        if tf.executing_eagerly():
+            count, fingerprint = summarize(ds)  # a sum: the order does not matter
+            if count == 0:
+                raise TfprodError(f"{directory}: the {subset} side of validation_split="
+                                  f"{validation_split} holds no records; use more examples or "
+                                  "another validation_split")
+            split = SplitInfo(subset, validation_split, count, fingerprint)
+            rows = None if ignore_errors else count
     variable = any(
         schema.features[n].ragged
         or (schema.features[n].encoding in IMAGE_ENCODINGS and None in schema.features[n].shape)
@@ -407,8 +429,13 @@ def read_tfrecords(
                     deterministic=deterministic)
     if label is not None:
         ds = ds.map(lambda d: ({k: v for k, v in d.items() if k != label}, d[label]))
-    ds = ds.prefetch(AUTOTUNE)
-    return apply_options(ds, deterministic=deterministic)
+    if rows:
+        # Known length: progress bars and parameter-server epochs need it; TF checks it.
+        batches = rows // batch_size if drop_remainder else -(-rows // batch_size)
+        ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
+    ds = apply_options(ds.prefetch(AUTOTUNE), deterministic=deterministic)
+    ds.split = split
+    return ds
 
 
 def parse_single_pipeline(directory: str | os.PathLike, *, batch_size: int = 32) -> tf.data.Dataset:

@@ -19,6 +19,7 @@ _LOSS_KINDS = {
     "binarycrossentropy": "bce",
     "binaryfocalcrossentropy": "bce",
     "meansquarederror": "regression",
+    "scaledmeansquarederror": "regression",
     "mse": "regression",
     "meanabsoluteerror": "regression",
     "mae": "regression",

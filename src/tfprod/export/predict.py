@@ -2,9 +2,11 @@
 
 A model is a ``.keras`` file, a SavedModel (a version folder, or a TF Serving base folder
 ``BASE/<version>/``, whose newest version is used) or a ``.tflite`` file. Every kind becomes a
-:class:`Predictor`: a callable from one batch (numpy) to its outputs (numpy). Data is a ``.npy``
-array, an image folder or a tfprod TFRecord folder, read in order; predictions go to ``.npy``,
-``.csv`` or ``.jsonl`` by the output's extension.
+:class:`Predictor`: a callable from one batch (numpy; a dict of columns for a model with named
+inputs) to its outputs (numpy). Data is a ``.npy`` array, an image folder, a tfprod TFRecord
+folder or a CSV file (models with named inputs), read in order; predictions go to ``.npy``,
+``.csv`` or ``.jsonl`` by the output's extension. A model trained by ``tfprod train`` knows its
+classes: the ``class`` of each prediction is then the class as the labels wrote it.
 
 Example::
 
@@ -26,8 +28,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from tfprod.data.task import LabelTask
 from tfprod.errors import TfprodError
 from tfprod.export.litert import LiteRTModel, fit_inputs, write_atomic
+from tfprod.export.task import CLASSES_OUTPUT, load_task
 
 OUTPUT_FORMATS = (".npy", ".csv", ".jsonl")
 _CHANNELS = {1: "grayscale", 3: "rgb", 4: "rgba"}
@@ -37,7 +41,9 @@ class Predictor(Protocol):
     """One batch of inputs (numpy; a dict by input name for several) to its outputs (numpy).
 
     ``example_shape`` is the one input's example shape, or None with several inputs, whose
-    shapes are ``input_shapes`` (name -> example shape).
+    shapes are ``input_shapes`` (name -> example shape). A predictor may also have ``task``
+    (the :class:`~tfprod.data.task.LabelTask` of a model trained by ``tfprod train``, or
+    ``None``).
     """
 
     example_shape: tuple[int | None, ...] | None
@@ -61,12 +67,14 @@ class KerasPredictor:
         import tensorflow as tf
 
         from tfprod.export.signature import serving_inputs
+        from tfprod.models.target import find_task
 
         inputs = serving_inputs(model)
         if len(model.outputs) != 1:
             raise TfprodError(f"model {model.name!r} has {len(model.outputs)} outputs; batched "
                               "prediction writes one output tensor")
         self.model = model
+        self.task = find_task(model)
         self._names = inputs.names
         self.input_shapes = {n: tuple(s.shape[1:])
                              for n, s in zip(inputs.names, inputs.specs, strict=True)}
@@ -112,7 +120,11 @@ class SavedModelPredictor:
         self.input_name = next(iter(inputs))
         self.example_shape = self.input_shapes[self.input_name] if len(inputs) == 1 else None
         self.dtype = self._specs[self.input_name][1]
+        self.task = load_task(self.path)
         outputs = sorted(self.signature.structured_outputs)
+        if output is None and self.task is not None and CLASSES_OUTPUT in outputs \
+                and len(outputs) == 2:
+            output = next(o for o in outputs if o != CLASSES_OUTPUT)  # classes come from task
         if output is None and len(outputs) != 1:
             raise TfprodError(f"{self.path}: serving_default has outputs {outputs}; choose one "
                               "with output=NAME")
@@ -175,10 +187,12 @@ class Inputs:
 
 def read_inputs(path: str | os.PathLike, example_shape: Sequence[int | None], *,
                 batch_size: int = 256, feature: str | None = None) -> Inputs:
-    """Batches of a ``.npy`` array, an image folder or a TFRecord folder, in file order.
+    """Batches of a ``.npy`` array, an image folder, a TFRecord folder or a CSV file, in file
+    order.
 
     Image folders are read at the model's image size and channels; a TFRecord folder gives its
-    one feature other than ``label`` (or ``feature``).
+    one feature other than ``label`` (or ``feature``). A model with several named inputs reads
+    its data with :func:`read_named_inputs`.
     """
     from tfprod.data.schema import SCHEMA_FILE
 
@@ -187,6 +201,10 @@ def read_inputs(path: str | os.PathLike, example_shape: Sequence[int | None], *,
         raise TfprodError(f"data {path}: no such file or folder")
     if batch_size < 1:
         raise TfprodError(f"batch_size={batch_size}; expected a positive integer")
+    if path.lower().endswith(".csv"):
+        raise TfprodError(f"data {path} is a CSV file; the model takes one input tensor of "
+                          f"shape {tuple(example_shape)}: predict from a .npy array, or with a "
+                          "model trained on named CSV columns")
     if path.endswith(".npy"):
         x = np.load(path, mmap_mode="r")
         _check_data(x.shape[1:], example_shape, path)
@@ -334,7 +352,8 @@ def predict(model: str | os.PathLike | Predictor, data: str | os.PathLike,
         data: a ``.npy`` array, an image folder or a tfprod TFRecord folder; for a model with
             several named inputs, a ``.npz``, a TFRecord folder or a ``.csv`` with those names.
         out: ``.npy`` (the output array), ``.csv`` or ``.jsonl`` (one example per row, with its
-            file for image folders and its argmax class for classifiers).
+            file for image folders and its class for classifiers: the argmax, or the class as
+            the labels named it for a model trained by ``tfprod train``).
         batch_size: examples per model call.
         feature: the input feature of a TFRecord folder with several.
         progress: called with ``(examples done, total or None)`` after each batch.
@@ -358,20 +377,27 @@ def predict(model: str | os.PathLike | Predictor, data: str | os.PathLike,
     report = None if progress is None else (lambda n: progress(n, inputs.total))
     outputs, model_seconds = run_batches(predictor, inputs.batches, progress=report)
     seconds = time.perf_counter() - start
-    write_predictions(out, outputs, files=inputs.files)
+    write_predictions(out, outputs, files=inputs.files, task=getattr(predictor, "task", None))
     return PredictResult(out, len(outputs), tuple(outputs.shape), seconds, model_seconds)
 
 
 def write_predictions(path: str | os.PathLike, outputs: np.ndarray, *,
-                      files: Sequence[str] | None = None) -> str:
-    """Writes ``outputs`` (one row per example) as ``.npy``, ``.csv`` or ``.jsonl``, atomically."""
+                      files: Sequence[str] | None = None, task: LabelTask | None = None) -> str:
+    """Writes ``outputs`` (one row per example) as ``.npy``, ``.csv`` or ``.jsonl``, atomically.
+
+    The ``class`` column is the argmax of several outputs, or with ``task`` (a model trained by
+    ``tfprod train``) the predicted class as its labels name it; a regression has none.
+    """
     path = os.fspath(path)
     if path.endswith(".npy"):
         buffer = io.BytesIO()
         np.save(buffer, outputs)
         return write_atomic(path, buffer.getvalue())
     rows = outputs.reshape(len(outputs), -1)
-    classes = rows.argmax(axis=1) if rows.shape[1] > 1 else None
+    if task is not None:
+        classes = task.decode(rows) if task.classification else None
+    else:
+        classes = rows.argmax(axis=1) if rows.shape[1] > 1 else None
     if path.endswith(".csv"):
         text = "".join(_csv_lines(rows, classes, files))
     elif path.endswith(".jsonl"):
@@ -387,7 +413,7 @@ def _csv_lines(rows: np.ndarray, classes: np.ndarray | None,
     yield ",".join(header + [f"output_{j}" for j in range(rows.shape[1])]) + "\n"
     for i, row in enumerate(rows):
         cells = [str(i)] + ([_csv_cell(files[i])] if files else [])
-        cells += [str(int(classes[i]))] if classes is not None else []
+        cells += [_csv_cell(str(classes[i]))] if classes is not None else []
         yield ",".join(cells + [f"{v:.7g}" for v in row.tolist()]) + "\n"
 
 
@@ -402,6 +428,7 @@ def _jsonl_lines(rows: np.ndarray, classes: np.ndarray | None,
         if files:
             record["file"] = files[i]
         if classes is not None:
-            record["class"] = int(classes[i])
+            value = classes[i]
+            record["class"] = value if isinstance(value, str) else int(value)
         record["output"] = [float(v) for v in row.tolist()]
         yield json.dumps(record) + "\n"

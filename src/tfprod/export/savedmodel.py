@@ -9,7 +9,9 @@
 The ``serving_default`` signature takes the model's inputs by their names (``image``; a tabular
 model's column names) with the batch dimension ``None``, runs the model with ``training=False``
 (its preprocessing layers included: raw pixels or raw CSV values in), and returns the outputs
-named after the output layers (``probabilities``), not Keras' ``output_0``. Extra signatures are
+named after the output layers (``probabilities``), not Keras' ``output_0``; a classifier trained
+on the user's labels also returns its predicted ``classes`` by name (:mod:`tfprod.export.task`).
+Extra signatures are
 added through ``keras.export.ExportArchive``. Before the version is published, the written
 SavedModel is loaded back and checked against the Keras model on the reference examples.
 """
@@ -27,6 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfprod.data.task import LabelTask
 from tfprod.errors import TfprodError
 from tfprod.export.examples import Examples, collect_examples
 from tfprod.export.publish import check_base, fsync_tree, publish, staging_dir, version_exists
@@ -45,12 +48,14 @@ from tfprod.export.signature import (
     output_names,
     serving_inputs,
 )
+from tfprod.export.task import CLASSES_OUTPUT, class_values, predicted_classes, write_task
 from tfprod.export.warmup import (
     MAX_WARMUP_RECORDS,
     WARMUP_FILE,
     read_warmup_requests,
     write_warmup_requests,
 )
+from tfprod.models.target import find_task
 
 SERVING_DEFAULT = "serving_default"
 CLASSES = "classes"
@@ -98,9 +103,29 @@ def folder_size(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
 
+def _classifier_task(model: keras.Model, names: list[str]) -> LabelTask | None:
+    """The task of a one-output classifier with a Target layer (it gets a ``classes``
+    output), else ``None``."""
+    task = find_task(model)
+    if task is None or not task.classification or len(names) != 1 or CLASSES_OUTPUT in names:
+        return None
+    return task
+
+
+def serving_outputs(model: keras.Model, inputs: ServingInputs, tensors: Any,
+                    names: list[str]) -> dict[str, Any]:
+    """What ``serving_default`` returns: the named outputs, and for a classifier trained on
+    the user's labels the predicted ``classes`` (see :mod:`tfprod.export.task`)."""
+    out = name_outputs(model(inputs.structure(tensors), training=False), names)
+    task = _classifier_task(model, names)
+    if task is not None:
+        out[CLASSES_OUTPUT] = predicted_classes(task, out[names[0]])
+    return out
+
+
 def _serve(model: keras.Model, inputs: ServingInputs, names: list[str]) -> Callable:
     def serve(*tensors):
-        return name_outputs(model(inputs.structure(tensors), training=False), names)
+        return serving_outputs(model, inputs, tensors, names)
 
     return serve
 
@@ -114,10 +139,13 @@ def _top_k(model: keras.Model, inputs: ServingInputs, k: int) -> Callable:
     if k < 1:
         raise TfprodError(f"top_k={k}; expected a positive number of classes")
     k = min(k, outputs[0].shape[-1])
+    task = _classifier_task(model, output_names(model))
 
     def classes(*tensors):
         scores = model(inputs.structure(tensors), training=False)
         top = tf.math.top_k(scores, k=k)
+        if task is not None and task.named:  # the class names (or codes) the labels use
+            return {"classes": tf.gather(class_values(task), top.indices), "scores": top.values}
         return {"classes": tf.cast(top.indices, tf.int64), "scores": top.values}
 
     return classes
@@ -190,12 +218,12 @@ def predict(model: keras.Model, inputs: ServingInputs, batch: Mapping[str, np.nd
     """The Keras model's named outputs on examples given by signature input name."""
     names = output_names(model, inputs)
     n = len(next(iter(batch.values())))
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in names}
+    parts: dict[str, list[np.ndarray]] = {}
     for start in range(0, n, batch_size):
         tensors = [tf.constant(batch[k][start:start + batch_size]) for k in inputs.names]
-        out = name_outputs(model(inputs.structure(tensors), training=False), names)
-        for k in names:
-            parts[k].append(keras.ops.convert_to_numpy(out[k]))
+        out = serving_outputs(model, inputs, tensors, names)
+        for k, v in out.items():
+            parts.setdefault(k, []).append(keras.ops.convert_to_numpy(v))
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
@@ -327,6 +355,9 @@ def export_saved_model(
                       ragged_inputs=ragged_inputs).write_out(tmp, verbose=False)
         files, requests = _write_extras(tmp, examples, predictions, os.path.basename(
             os.path.abspath(base)), warmup)
+        task = find_task(model)
+        if task is not None:
+            files["task"] = write_task(tmp, task)
         say("loading it back to check it")
         loaded = tf.saved_model.load(tmp)
         endpoints = {k: describe(f) for k, f in sorted(loaded.signatures.items())}

@@ -1,4 +1,5 @@
-"""Models for the seed scenarios: presets, a recommender, a GAN for the digits, custom layers.
+"""Models for the seed scenarios: presets, a recommender, a GAN for the digits, custom layers,
+and the heads, metrics and ``Target`` layer of models trained on the user's labels.
 
 - :func:`mlp`, :func:`small_cnn`: compiled presets.
 - :class:`UserItemEmbedding`, :class:`Recommender`, :func:`train_recommender`: matrix
@@ -10,6 +11,8 @@
 - :func:`sequential_model`, :func:`functional_model`, :class:`SubclassedClassifier`,
   :func:`capabilities`, :func:`share_weights`: one CNN in the three Keras styles.
 - :class:`RunningMeanNormalization`: a stateful layer (variables vs tensors).
+- :func:`task_head`, :func:`compile_for_task`, :class:`Target`, :class:`MacroF1`,
+  :class:`ScaledMeanSquaredError`: models trained on the user's labels.
 - :func:`make_generator`, :func:`make_discriminator`: the digits GAN.
 
 Importing this package registers tfprod's Keras classes, so ``keras.saving.load_model``
@@ -18,7 +21,10 @@ can read ``.keras`` files that use them.
 
 from tfprod.models.embeddings import UserItemEmbedding
 from tfprod.models.gan import make_discriminator, make_generator
+from tfprod.models.heads import compile_for_task, task_head
 from tfprod.models.layers import RunningMeanNormalization
+from tfprod.models.losses import ScaledMeanSquaredError
+from tfprod.models.metrics import MacroF1, task_metrics
 from tfprod.models.presets import mlp, small_cnn
 from tfprod.models.ranking import (
     RankingResult,
@@ -42,17 +48,24 @@ from tfprod.models.styles import (
     share_weights,
     subclassed_model,
 )
+from tfprod.models.target import Target, find_target, find_task
 
 __all__ = [
     "BatchingRun",
+    "MacroF1",
     "RankingResult",
     "Recommender",
     "RunningMeanNormalization",
+    "ScaledMeanSquaredError",
     "SubclassedClassifier",
+    "Target",
     "UserItemEmbedding",
     "capabilities",
     "compare_batching",
+    "compile_for_task",
     "evaluate_ranking",
+    "find_target",
+    "find_task",
     "functional_model",
     "make_discriminator",
     "make_generator",
@@ -66,5 +79,7 @@ __all__ = [
     "share_weights",
     "small_cnn",
     "subclassed_model",
+    "task_head",
+    "task_metrics",
     "train_recommender",
 ]

@@ -12,16 +12,32 @@ fails at once with RESOURCE_EXHAUSTED. A request whose deadline passes while it 
 DEADLINE_EXCEEDED without running; a cancelled one is dropped. A request larger than
 ``max_batch_size`` runs alone, unsplit.
 
+Two departures from TF Serving, both for latency at low load:
+
+- A partial batch does not wait out ``batch_timeout_micros`` when no request is on its way to
+  the queue. Front ends announce each request as it arrives (:meth:`DynamicBatcher.expect`) and
+  submit it with ``expected=True``; a queue holding such requests runs as soon as every announced
+  request is queued, since only a request that has not reached the server yet could still join
+  it. A lone request (concurrency 1) then runs at once instead of after the timeout; under load
+  the batches are the requests that arrived while the previous batch ran. Requests submitted
+  without an announcement (library callers) keep TF Serving's timeout.
+- Results go back to an event loop in one ``call_soon_threadsafe`` per batch
+  (:meth:`DynamicBatcher.submit_async`), and the loop wakes a batch thread once per loop
+  iteration, not once per request: everything parsed in one iteration joins the same batch.
+
 The batcher knows nothing of TensorFlow: it calls ``run(inputs) -> outputs`` on numpy dicts.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import Future
+from typing import Any
 
 import numpy as np
 
@@ -41,23 +57,73 @@ RunFn = Callable[[Arrays], Arrays]
 
 
 class _Task:
-    __slots__ = ("inputs", "size", "future", "deadline", "enqueued")
+    """One request in a queue. ``future`` is a concurrent Future, or an asyncio Future owned by
+    ``loop`` (then only that loop's thread may resolve it)."""
 
-    def __init__(self, inputs: Arrays, size: int, deadline: float | None):
+    __slots__ = ("inputs", "size", "future", "loop", "deadline", "enqueued", "expected",
+                 "on_done")
+
+    def __init__(self, inputs: Arrays, size: int, deadline: float | None, future: Any,
+                 loop: asyncio.AbstractEventLoop | None, expected: bool,
+                 on_done: Callable[[], None] | None):
         self.inputs = inputs
         self.size = size
-        self.future: Future = Future()
+        self.future = future
+        self.loop = loop
         self.deadline = deadline
         self.enqueued = time.monotonic()
+        self.expected = expected
+        self.on_done = on_done
+
+    def claim(self) -> bool:
+        """False when the caller cancelled the request (it is then dropped); else it runs."""
+        if self.loop is None:
+            return self.future.set_running_or_notify_cancel()
+        return not self.future.done()
 
 
 class _Queue:
-    __slots__ = ("key", "run", "mergeable", "tasks", "items")
+    __slots__ = ("key", "run", "mergeable", "tasks", "items", "expected")
 
     def __init__(self, key: Hashable, run: RunFn, mergeable: bool):
         self.key, self.run, self.mergeable = key, run, mergeable
         self.tasks: deque[_Task] = deque()
         self.items = 0
+        self.expected = 0  # tasks announced by a front end (see DynamicBatcher.expect)
+
+
+def _resolve(items: list[tuple[Any, Any, BaseException | None]]) -> None:
+    """On the event loop: set each asyncio future's result or exception (unless it is done)."""
+    for future, result, error in items:
+        if not future.done():
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
+
+
+def _deliver(tasks: Sequence[_Task], results: Sequence[Any] | None,
+             error: BaseException | None = None) -> None:
+    """Resolve each task's future with its result (or ``error``): concurrent futures now,
+    asyncio ones with one ``call_soon_threadsafe`` per event loop. Each task's ``on_done`` runs
+    first, so a caller holding its answer knows the request has left the batcher."""
+    for t in tasks:
+        if t.on_done is not None:
+            t.on_done()
+    by_loop: dict[Any, list] = {}
+    for i, t in enumerate(tasks):
+        result = None if results is None else results[i]
+        if t.loop is None:
+            if error is None:
+                t.future.set_result(result)
+            else:
+                t.future.set_exception(error)
+        else:
+            by_loop.setdefault(t.loop, []).append((t.future, result, error))
+    for loop, items in by_loop.items():
+        # A closed loop raises RuntimeError: nobody waits for these answers any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_resolve, items)
 
 
 def _pad_to(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -142,6 +208,9 @@ class DynamicBatcher:
         outputs = future.result()
         batcher.close()
 
+    On an event loop, ``await batcher.submit_async(...)`` instead; front ends call
+    :meth:`expect` when a request arrives and submit it with ``expected=True``.
+
     Args:
         params: the batching parameters (max batch size, timeout, threads, queue bound, padding).
         metrics: where batch sizes, padding and queueing latency are recorded (None: nowhere).
@@ -162,8 +231,11 @@ class DynamicBatcher:
         self._cond = threading.Condition(threading.Lock())
         self._queues: dict[Hashable, _Queue] = {}
         self._pending = 0
+        self._queued = 0      # tasks in the queues
+        self._arriving = 0    # announced by expect(), not yet submitted
         self._idle = 0
         self._closed = False
+        self._wake_scheduled = False
         self._threads = [threading.Thread(target=self._worker, name=f"{name}_{i}", daemon=True)
                          for i in range(params.num_batch_threads)]
         for t in self._threads:
@@ -174,8 +246,60 @@ class DynamicBatcher:
         """Instances waiting in the queues now."""
         return self._pending
 
+    @property
+    def num_threads(self) -> int:
+        """The threads that run batches."""
+        return len(self._threads)
+
+    # ------------------------------------------------------------------------ arrivals
+
+    def expect(self) -> None:
+        """Announce a request that a front end is receiving: queues holding announced requests
+        wait for it (up to their timeout) before running. Follow with ``submit(...,
+        expected=True)`` or, when the request fails before that, :meth:`unexpect`."""
+        with self._cond:
+            self._arriving += 1
+
+    def unexpect(self) -> None:
+        """Withdraw one :meth:`expect` whose request will not be submitted."""
+        with self._cond:
+            self._arriving -= 1
+            if not self._arriving and self._idle and self._queued:
+                self._cond.notify()
+
+    # ------------------------------------------------------------------------ submitting
+
+    def _enqueue(self, task: _Task, key: Hashable, run: RunFn, mergeable: bool) -> _Queue:
+        """Under the lock: check the bounds and queue ``task``."""
+        size = task.size
+        if task.expected:
+            self._arriving -= 1
+        if self._closed:
+            error = unavailable("The server is shutting down; the request was not queued")
+        elif self._pending and self._pending + size > self._limit:
+            error = resource_exhausted(
+                "The batch scheduling queue to which this task was submitted is full "
+                f"({self._pending} instances pending, limit {self._limit} = "
+                "max_enqueued_batches * max_batch_size); retry later")
+        else:
+            error = None
+        if error is not None:
+            if task.expected and not self._arriving and self._idle and self._queued:
+                self._cond.notify()  # queues that waited for this request may run now
+            raise error
+        q = self._queues.get(key)
+        if q is None:
+            q = self._queues[key] = _Queue(key, run, mergeable)
+        q.tasks.append(task)
+        q.items += size
+        q.expected += task.expected
+        self._pending += size
+        self._queued += 1
+        return q
+
     def submit(self, key: Hashable, run: RunFn, inputs: Arrays, size: int, *,
-               deadline: float | None = None, mergeable: bool = True) -> Future:
+               deadline: float | None = None, mergeable: bool = True,
+               expected: bool = False, on_done: Callable[[], None] | None = None) -> Future:
         """Queue one request; its future resolves to its own rows of the outputs.
 
         Args:
@@ -185,28 +309,49 @@ class DynamicBatcher:
             size: the request's batch size.
             deadline: ``time.monotonic()`` after which the request must not start.
             mergeable: False runs this key's requests one at a time.
+            expected: the request was announced with :meth:`expect` (this ends the
+                announcement, whether or not it is queued).
+            on_done: called (on a batch thread) once the request has left the batcher: run,
+                expired or dropped; not called when this method raises.
 
         Raises:
             ServingError: RESOURCE_EXHAUSTED when the queue is full, UNAVAILABLE after close().
         """
-        task = _Task(inputs, size, deadline)
+        task = _Task(inputs, size, deadline, Future(), None, expected, on_done)
         with self._cond:
-            if self._closed:
-                raise unavailable("The server is shutting down; the request was not queued")
-            if self._pending and self._pending + size > self._limit:
-                raise resource_exhausted(
-                    "The batch scheduling queue to which this task was submitted is full "
-                    f"({self._pending} instances pending, limit {self._limit} = "
-                    "max_enqueued_batches * max_batch_size); retry later")
-            q = self._queues.get(key)
-            if q is None:
-                q = self._queues[key] = _Queue(key, run, mergeable)
-            q.tasks.append(task)
-            q.items += size
-            self._pending += size
-            if self._idle and (len(q.tasks) == 1 or q.items >= self._max or not mergeable):
+            q = self._enqueue(task, key, run, mergeable)
+            if self._idle and (len(q.tasks) == 1 or q.items >= self._max or not mergeable
+                               or (expected and not self._arriving)):
                 self._cond.notify()
         return task.future
+
+    def submit_async(self, key: Hashable, run: RunFn, inputs: Arrays, size: int, *,
+                     deadline: float | None = None, mergeable: bool = True,
+                     expected: bool = False, on_done: Callable[[], None] | None = None
+                     ) -> asyncio.Future:
+        """:meth:`submit` for a caller on an event loop thread: returns an asyncio Future.
+
+        The batch threads are woken once at the end of the loop's current iteration, so every
+        request the loop parses in that iteration can join the same batch.
+
+        Raises:
+            ServingError: as :meth:`submit`.
+        """
+        loop = asyncio.get_running_loop()
+        task = _Task(inputs, size, deadline, loop.create_future(), loop, expected, on_done)
+        with self._cond:
+            self._enqueue(task, key, run, mergeable)
+            schedule = not self._wake_scheduled
+            self._wake_scheduled = True
+        if schedule:
+            loop.call_soon(self._wake)
+        return task.future
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._wake_scheduled = False
+            if self._idle and self._queued:
+                self._cond.notify(min(self._idle, self._queued))
 
     def close(self, timeout: float | None = None) -> None:
         """Run what is queued, refuse new requests, and stop the batch threads."""
@@ -230,13 +375,19 @@ class DynamicBatcher:
                     self._idle += 1
                     self._cond.wait(wait)
                     self._idle -= 1
-            for t in expired:
-                waited = 1000 * (time.monotonic() - t.enqueued)
-                t.future.set_exception(deadline_exceeded(
-                    f"Deadline exceeded: the request waited {waited:.0f} ms in the batching queue "
-                    "and was not run"))
+            if expired:
+                now = time.monotonic()
+                for t in expired:
+                    _deliver((t,), None, deadline_exceeded(
+                        f"Deadline exceeded: the request waited {1000 * (now - t.enqueued):.0f} "
+                        "ms in the batching queue and was not run"))
             if batch:
                 self._run(queue, batch)
+
+    def _ready(self, q: _Queue, now: float) -> bool:
+        return (not q.mergeable or q.items >= self._max or self._closed
+                or now - q.tasks[0].enqueued >= self._timeout
+                or (q.expected > 0 and not self._arriving))
 
     def _take(self, now: float) -> tuple[list[_Task], _Queue | None, list[_Task], float | None]:
         """Under the lock: the oldest ready queue's next batch, expired tasks, and how long to
@@ -245,8 +396,7 @@ class DynamicBatcher:
         wake: float | None = None
         for q in self._queues.values():
             head = q.tasks[0].enqueued
-            if (not q.mergeable or q.items >= self._max or self._closed
-                    or now - head >= self._timeout):
+            if self._ready(q, now):
                 if best is None or head < best.tasks[0].enqueued:
                     best = q
             else:
@@ -264,9 +414,13 @@ class DynamicBatcher:
                 break
             tasks.popleft()
             best.items -= t.size
+            best.expected -= t.expected
             self._pending -= t.size
-            if not t.future.set_running_or_notify_cancel():
-                continue  # cancelled by its caller: dropped
+            self._queued -= 1
+            if not t.claim():  # cancelled by its caller: dropped
+                if t.on_done is not None:
+                    t.on_done()
+                continue
             if t.deadline is not None and now > t.deadline:
                 expired.append(t)
             else:
@@ -304,11 +458,9 @@ class DynamicBatcher:
                 for t in batch:
                     self._run(queue, [t])
                 return
-            for t in batch:
-                t.future.set_exception(error)
+            _deliver(batch, None, error)
             return
-        for t, r in zip(batch, results, strict=True):
-            t.future.set_result(r)
-        if self.metrics is not None:
+        if self.metrics is not None:  # before the answers: a client then sees its batch
             self.metrics.record_batch([start - t.enqueued for t in batch],
                                       [t.size for t in batch], total, target, pool=self.name)
+        _deliver(batch, results)

@@ -29,6 +29,9 @@ from tfprod.errors import TfprodError
 from tfprod.serve.errors import ServingError
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.\-]+")
+#: How a version runs: TensorFlow (the SavedModel), or LiteRT (``model.tflite`` in the version
+#: folder, else the SavedModel converted when it loads; TensorFlow where that is not possible).
+RUNTIMES = ("tensorflow", "litert")
 DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
 
 
@@ -72,12 +75,16 @@ class ModelSpec:
             ``tf.io.gfile`` path).
         policy: ``("latest", n)``, ``("all",)`` or ``("specific", (v1, v2, ...))``.
         labels: label -> version, e.g. ``{"stable": 1, "canary": 2}``.
+        platform: ``"litert"`` (models.config ``model_platform``; see :data:`RUNTIMES`), or ""
+            for the server's ``--runtime``. ``model_platform: "tensorflow"``, TF Serving's only
+            platform and written in most configs, reads as "".
     """
 
     name: str
     base_path: str
     policy: tuple = ("latest", 1)
     labels: dict[str, int] = field(default_factory=dict)
+    platform: str = ""
 
     def __post_init__(self) -> None:
         check_name("model name", self.name)
@@ -86,6 +93,10 @@ class ModelSpec:
         if not self.base_path:
             raise ConfigError(f"model {self.name!r} has no base_path; expected the folder that "
                               "holds its numbered version folders")
+        if self.platform and self.platform not in RUNTIMES:
+            raise ConfigError(f"model {self.name!r} has model_platform {self.platform!r}; only "
+                              "'tensorflow' (SavedModels) and 'litert' (LiteRT, with TensorFlow "
+                              "where a model does not convert) can be served")
         kind = self.policy[0] if self.policy else None
         if kind == "latest" and not (len(self.policy) == 2 and int(self.policy[1]) >= 1):
             raise ConfigError(f"model {self.name!r}: latest policy needs num_versions >= 1, got "
@@ -97,7 +108,8 @@ class ModelSpec:
                               "n), ('all',) or ('specific', (versions...))")
 
     def __hash__(self) -> int:
-        return hash((self.name, self.base_path, self.policy, tuple(sorted(self.labels.items()))))
+        return hash((self.name, self.base_path, self.policy, tuple(sorted(self.labels.items())),
+                     self.platform))
 
 
 def _policy_from_proto(name: str, policy: Any) -> tuple:
@@ -119,8 +131,8 @@ def specs_from_proto(config: Any) -> list[ModelSpec]:
     """The :class:`ModelSpec` list of a ``ModelServerConfig`` proto (its ``model_config_list``).
 
     Raises:
-        ConfigError: custom_model_config, a platform other than tensorflow, a duplicate or unsafe
-            name, a missing base_path, a bad version policy.
+        ConfigError: custom_model_config, a platform other than tensorflow or litert, a duplicate
+            or unsafe name, a missing base_path, a bad version policy.
     """
     which = config.WhichOneof("config")
     if which is None:
@@ -130,16 +142,14 @@ def specs_from_proto(config: Any) -> list[ModelSpec]:
     specs: list[ModelSpec] = []
     seen: set[str] = set()
     for c in config.model_config_list.config:
-        if c.model_platform not in ("", "tensorflow"):
-            raise ConfigError(f"model {c.name!r} has model_platform {c.model_platform!r}; only "
-                              "'tensorflow' SavedModels can be served")
         if c.name in seen:
             raise ConfigError(f"model name {c.name!r} appears twice in model_config_list; names "
                               "must be unique")
         seen.add(c.name)
         policy = _policy_from_proto(c.name, c.model_version_policy)
         labels = {k: int(v) for k, v in sorted(c.version_labels.items())}
-        specs.append(ModelSpec(c.name, c.base_path, policy, labels))
+        platform = "" if c.model_platform == "tensorflow" else c.model_platform
+        specs.append(ModelSpec(c.name, c.base_path, policy, labels, platform))
     return specs
 
 
@@ -189,7 +199,7 @@ def load_model_server_config(path: str | os.PathLike) -> list[ModelSpec]:
     specs = parse_model_server_config(text, source=str(path))
     folder = os.path.dirname(os.path.abspath(path))
     return [s if "://" in s.base_path or os.path.isabs(s.base_path) else
-            ModelSpec(s.name, os.path.join(folder, s.base_path), s.policy, s.labels)
+            ModelSpec(s.name, os.path.join(folder, s.base_path), s.policy, s.labels, s.platform)
             for s in specs]
 
 

@@ -149,16 +149,27 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def _predict(self, request: Any, context: Any) -> Any:
         name, version, label = _route(request.model_spec)
         deadline = _deadline(context)
-        with self.registry.acquire(name, version, label) as servable:
-            sig = _signature(servable, request.model_spec.signature_name, "predict")
-            inputs = _decode_inputs(request.inputs, sig)
-            wanted = _output_filter(request.output_filter, sig)
-            outputs = servable.predict(sig.name, inputs, deadline=deadline)
-            served = servable.version
+        batcher = self.registry.batcher
+        batcher.expect()  # a batch waiting for more requests waits for this one
+        expected = True
+        try:
+            with self.registry.acquire(name, version, label) as servable:
+                sig = _signature(servable, request.model_spec.signature_name, "predict")
+                inputs = _decode_inputs(request.inputs, sig)
+                wanted = _output_filter(request.output_filter, sig)
+                expected = False  # submit ends the announcement, even when it raises
+                outputs = servable.submit(sig.name, inputs, deadline=deadline,
+                                          expected=True).result()
+                served = servable.version
+        finally:
+            if expected:
+                batcher.unexpect()
         response = predict_pb2.PredictResponse()
         _fill_spec(response.model_spec, name, served, sig.name)
         for key in wanted or outputs:
             from_ndarray(outputs[key], response.outputs[key])
+        # A completed predict request: model, served version, signature, inputs, outputs (the
+        # latency is measured around this call, in _Handler.run).
         return response
 
     def _classify(self, request: Any, context: Any) -> Any:

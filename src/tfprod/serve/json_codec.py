@@ -22,6 +22,7 @@ import base64
 import binascii
 import json
 import math
+from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -549,6 +550,10 @@ def _format(value: float, cast: Any, full: str) -> str:
     return text if "." in text or "e" in text else text + ".0"
 
 
+_NONFINITE = {"nan": "NaN", "-nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+_SMALL = 32  # below this many values, the array module's loops beat numpy's per-call cost
+
+
 def _float_texts(flat: np.ndarray) -> list[str]:
     """TF Serving's text of every value of a flat float array, vectorized where it can be."""
     if flat.dtype != np.float64 and flat.dtype != np.float32:
@@ -557,6 +562,8 @@ def _float_texts(flat: np.ndarray) -> list[str]:
     if not values:
         return []
     texts = (("%.6g\x00" * len(values)) % tuple(values)).split("\x00")[:-1]
+    if len(values) <= _SMALL:
+        return _small_float_texts(values, texts, "f" if flat.dtype == np.float32 else "d")
     finite = np.isfinite(flat)
     back = np.array(texts, dtype=flat.dtype)
     full = ".17g" if flat.dtype == np.float64 else ".9g"
@@ -566,6 +573,22 @@ def _float_texts(flat: np.ndarray) -> list[str]:
     if not finite.all():
         for i in np.flatnonzero(~finite).tolist():
             texts[i] = _format(values[i], float, full)
+    return texts
+
+
+def _small_float_texts(values: list[float], texts: list[str], code: str) -> list[str]:
+    """:func:`_float_texts` for a few values: the round-trip check with the array module
+    (``code`` "f": float32, "d": float64) instead of numpy calls."""
+    original = array(code, values)
+    back = array(code, map(float, texts))
+    if back != original:  # NaN never equals itself: its text is replaced below anyway
+        full = "%.9g" if code == "f" else "%.17g"
+        for i, (b, v) in enumerate(zip(back, original, strict=True)):
+            if b != v:
+                texts[i] = full % values[i]
+    for i, t in enumerate(texts):
+        if "." not in t and "e" not in t:
+            texts[i] = _NONFINITE.get(t) or t + ".0"
     return texts
 
 
@@ -602,7 +625,7 @@ def _group(items: list[str], shape: Sequence[int], first_dim: int) -> list[str]:
     index of the dims before ``first_dim``."""
     for k in range(len(shape) - 1, first_dim - 1, -1):
         dim = shape[k]
-        groups = int(np.prod(shape[:k], dtype=np.int64))
+        groups = math.prod(shape[:k])
         if dim == 0:
             items = ["[]"] * groups
         else:

@@ -89,6 +89,18 @@ class _Family:
             cell[-2] += value
             cell[-1] += 1
 
+    def observe_many(self, key: tuple[str, ...], values: Iterable[float]) -> None:
+        """:meth:`observe` of each value, under one lock."""
+        indexed = [(bisect.bisect_left(self.buckets, v), v) for v in values]
+        with self._lock:
+            cell = self._values.get(key)
+            if cell is None:
+                cell = self._values[key] = [0.0] * (len(self.buckets) + 3)
+            for i, value in indexed:
+                cell[i] += 1
+                cell[-2] += value
+                cell[-1] += 1
+
     def get(self, key: tuple[str, ...]) -> list[float] | None:
         """A copy of one cell's values (tests and reports)."""
         with self._lock:
@@ -175,17 +187,17 @@ class ServingMetrics(Collector):
         self.request_count.inc((model, status))
         self.request_latency.observe((model, api, entrypoint), latency_s * 1e6)
 
-    def record_runtime(self, model: str, api: str, latency_s: float) -> None:
-        """The time one call of the model took (per batch when batching)."""
-        self.runtime_latency.observe((model, api, "TF2"), latency_s * 1e6)
+    def record_runtime(self, model: str, api: str, latency_s: float, *,
+                       runtime: str = "TF2") -> None:
+        """The time one call of the model took (per batch when batching); ``runtime`` "TF2" or
+        "LiteRT"."""
+        self.runtime_latency.observe((model, api, runtime), latency_s * 1e6)
 
     def record_batch(self, queue_waits_s: Iterable[float], input_sizes: Iterable[int],
                      batch_size: int, padded_size: int, *, pool: str = "batch_threads") -> None:
         """One batch: each request's wait in the queue and size, the merged and padded sizes."""
-        for wait in queue_waits_s:
-            self.queuing_latency.observe((pool,), wait * 1e6)
-        for size in input_sizes:
-            self.input_batch_size.observe((), size)
+        self.queuing_latency.observe_many((pool,), [wait * 1e6 for wait in queue_waits_s])
+        self.input_batch_size.observe_many((), input_sizes)
         self.processed_batch_size.observe((), padded_size)
         self.padding_size.observe((str(padded_size),), padded_size - batch_size)
         self.wrapped_run_count.inc(())

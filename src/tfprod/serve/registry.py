@@ -32,7 +32,7 @@ import grpc
 import tensorflow as tf
 
 from tfprod.serve.batching import DynamicBatcher
-from tfprod.serve.config import NAME_PATTERN, BatchingParameters, ModelSpec
+from tfprod.serve.config import NAME_PATTERN, RUNTIMES, BatchingParameters, ModelSpec
 from tfprod.serve.errors import (
     ServingError,
     failed_precondition,
@@ -40,6 +40,7 @@ from tfprod.serve.errors import (
     not_found,
     unavailable,
 )
+from tfprod.serve.litert import TFLITE_FILE
 from tfprod.serve.metrics import ServingMetrics, current
 from tfprod.serve.servable import (
     CLASSIFY,
@@ -148,7 +149,7 @@ def _stamp(path: str) -> Any:
     """Changes when a version folder is rewritten (so a failed version is retried then)."""
     stamp = []
     for p in (path, os.path.join(path, "saved_model.pb"),
-              os.path.join(path, "variables", "variables.index")):
+              os.path.join(path, "variables", "variables.index"), os.path.join(path, TFLITE_FILE)):
         try:
             if "://" in p:
                 stamp.append(tf.io.gfile.stat(p).mtime_nsec)
@@ -191,14 +192,20 @@ class ModelRegistry:
         unload_grace_s: how long a version that left routing keeps accepting requests from
             callers that looked it up just before (``acquire`` holds it regardless).
         num_request_threads: threads running unbatched requests (default: CPU count).
+        runtime: "tensorflow" or "litert" for models whose spec names no platform (see
+            :mod:`tfprod.serve.litert`).
     """
 
     def __init__(self, specs: Sequence[ModelSpec] = (), *,
                  batching: BatchingParameters | None = None, enable_warmup: bool = True,
                  poll_wait_seconds: float = 1.0, metrics: ServingMetrics | None = None,
                  on_event: Callable[[ServingEvent], None] | None = None,
-                 unload_grace_s: float = 0.5, num_request_threads: int | None = None):
+                 unload_grace_s: float = 0.5, num_request_threads: int | None = None,
+                 runtime: str = "tensorflow"):
+        if runtime not in RUNTIMES:
+            raise invalid_argument(f"runtime {runtime!r}; expected one of {list(RUNTIMES)}")
         self.metrics = metrics if metrics is not None else current()
+        self.runtime = runtime
         self.batching = batching
         self.enable_warmup = enable_warmup
         self.poll_wait_seconds = poll_wait_seconds
@@ -317,21 +324,34 @@ class ModelRegistry:
             raise not_found(f"Servable not found for request: Latest({name})")
         return route.latest
 
+    def hold(self, name: str, version: int | None = None, label: str | None = None
+             ) -> Servable:
+        """Like :meth:`get`, and holds the version until ``servable.release()``: an unload waits
+        for it. :meth:`acquire` is the same as a context manager.
+
+        Raises:
+            ServingError: as :meth:`get`; UNAVAILABLE when the version is unloaded meanwhile.
+        """
+        for _ in range(3):
+            servable = self.get(name, version, label)
+            if servable.hold():
+                return servable
+        raise unavailable(f"Model {name} is being reloaded; retry the request")
+
     @contextmanager
     def acquire(self, name: str, version: int | None = None,
                 label: str | None = None) -> Iterator[Servable]:
         """Like :meth:`get`, and holds the version for the whole request: an unload waits for
         it. Use it around everything a request does with the servable."""
-        for _ in range(3):
-            servable = self.get(name, version, label)
-            if servable.hold():
-                break
-        else:
-            raise unavailable(f"Model {name} is being reloaded; retry the request")
+        servable = self.hold(name, version, label)
         try:
             yield servable
         finally:
             servable.release()
+
+    def has_model(self, name: str) -> bool:
+        """Whether ``name`` is a configured model (no lock: one dictionary lookup)."""
+        return name in self._models
 
     def status(self, name: str, version: int | None = None,
                label: str | None = None) -> list[VersionStatus]:
@@ -479,7 +499,9 @@ class ModelRegistry:
         started = time.monotonic()
         try:
             servable = Servable(name, version, path, executor=self._executor,
-                                batching=self.batching is not None, metrics=self.metrics)
+                                batching=self.batching is not None, metrics=self.metrics,
+                                runtime=model.spec.platform or self.runtime,
+                                litert_threads=self._litert_threads())
             if self.enable_warmup:
                 servable.warmup()
         except Exception as e:
@@ -494,8 +516,12 @@ class ModelRegistry:
             return
         self.metrics.record_load(path, True)
         slot.servable = servable
+        if servable.fallback:
+            self._emit(ServingEvent(name, version, "LITERT_FALLBACK", servable.fallback))
         warm = f", {servable.warmup_records} warmup requests" if servable.warmup_records else ""
-        self._state(model, slot, AVAILABLE, f"loaded from {path}{warm}",
+        lite = sorted(k for k, r in servable.runtimes.items() if r == "litert")
+        on = f", LiteRT for {', '.join(lite)}" if lite else ""
+        self._state(model, slot, AVAILABLE, f"loaded from {path}{on}{warm}",
                     time.monotonic() - started)
 
     def _unload(self, model: _Model, slot: _Slot, *, wait: bool,
@@ -522,6 +548,13 @@ class ModelRegistry:
                              daemon=True)
         self._unloaders = [u for u in self._unloaders if u.is_alive()] + [t]
         t.start()
+
+    def _litert_threads(self) -> int:
+        """Threads per LiteRT interpreter: the cores shared among the threads that run models
+        (each has its own interpreter)."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+            (os.cpu_count() or 1)
+        return max(1, cores // self._executor.num_threads)
 
     def _prune(self, model: _Model) -> None:
         with self._lock:

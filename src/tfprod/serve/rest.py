@@ -16,8 +16,10 @@ Errors are ``{"error": "..."}`` with the HTTP status TF Serving gives the canoni
 request"; paths outside it are 404. A body over ``max_body_bytes`` is refused with 413 without
 being read further.
 
-The predict path parses once (orjson), converts once (:mod:`json_codec`), awaits the servable's
-future on the event loop (no thread hop), and encodes once.
+The predict path parses once (orjson), converts once (:mod:`json_codec`), queues the request
+with the batcher (``submit_async``: the answer comes back as an asyncio future, resolved by one
+loop callback per batch) and encodes once. The app is plain ASGI with no framework around it:
+routing a request is one cached dictionary lookup.
 """
 
 from __future__ import annotations
@@ -28,14 +30,11 @@ import gc
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import unquote
 
 import orjson
-from starlette.applications import Starlette
-from starlette.routing import Mount
 
 from tfprod.serve import examples as ex
 from tfprod.serve import json_codec, metrics, ragged
@@ -55,6 +54,7 @@ _STATUS = re.compile(r"/v1/models(?:/" + _NAME + r")?(?:/(metadata))?", re.IGNOR
 _V1 = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
 READY_PATH = "/v1/ready"
 _INT64_MAX = 2 ** 63 - 1
+_ROUTE_CACHE = 1024  # predict paths remembered (clients use a handful; the bound stops growth)
 
 _JSON = b"application/json"
 
@@ -87,11 +87,14 @@ class RestApi:
         self.timeout_ms = timeout_ms
         self.monitoring_path = monitoring_path or None
         self._metrics = getattr(registry, "metrics", None)
+        self._predict_routes: dict[bytes, tuple[str, str, int | None, str | None]] = {}
 
     # ------------------------------------------------------------------------ ASGI
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await _lifespan(receive, send)
             return
         try:
             status, body, content_type = await self._route(scope, receive)
@@ -114,6 +117,10 @@ class RestApi:
     async def _route(self, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:
         method = scope["method"]
         raw = scope.get("raw_path") or scope["path"].encode("utf-8")
+        if method == "POST":
+            route = self._predict_routes.get(raw)
+            if route is not None:
+                return await self._infer(*route, scope, receive)
         path = raw.split(b"?", 1)[0].decode("latin-1")
         if self.monitoring_path is not None and scope["path"] == self.monitoring_path:
             return self._prometheus()
@@ -123,9 +130,11 @@ class RestApi:
         if method == "POST":
             match = _PREDICT.fullmatch(path)
             if match:
-                name, version, label = _model_spec(match)
-                body = await self._read_body(scope, receive)
-                return await self._infer(match.group(4).lower(), name, version, label, body)
+                route = (match.group(4).lower(), *_model_spec(match))
+                if len(self._predict_routes) >= _ROUTE_CACHE:
+                    self._predict_routes.clear()
+                self._predict_routes[raw] = route
+                return await self._infer(*route, scope, receive)
         elif method in ("GET", "HEAD") and path.lower() == READY_PATH:
             return self._ready()
         if method == "GET":
@@ -166,67 +175,96 @@ class RestApi:
     # ------------------------------------------------------------------------ inference
 
     async def _infer(self, api: str, name: str, version: int | None, label: str | None,
-                     body: bytes) -> tuple[int, bytes, bytes]:
+                     scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:
         start = time.perf_counter()
         status = "OK"
+        batcher = self.registry.batcher
+        batcher.expect()  # a batch waiting for more requests waits for this one
+        expected = True
         try:
+            body = await self._read_body(scope, receive)
             # TF Serving's order: the body is checked before the model is looked up.
-            with _gc_paused():
+            with _NO_GC:
                 request = json_codec.parse_request(body)
-                signature = json_codec.signature_name(request)
+                signature = json_codec.signature_name(request) or None
                 examples = None if api == "predict" else ex.examples_from_json(request.doc, api)
-            with self.registry.acquire(name, version, label) as servable:
-                if examples is None:
-                    with _gc_paused():
-                        info = servable.signature(signature or None)
-                        inputs, fmt = ragged.decode_predict(request, info.inputs)
-                    del request  # the parsed lists are not needed while the model runs
-                    result = await self._predict(servable, signature, inputs, fmt)
-                else:
+            if examples is not None:
+                expected = False
+                batcher.unexpect()
+                with self.registry.acquire(name, version, label) as servable:
                     result = await self._classify_or_regress(api, servable, signature, examples)
+                return 200, result, _JSON
+            servable = self.registry.hold(name, version, label)
+            try:
+                with _NO_GC:
+                    info = servable.signature(signature)
+                    inputs, fmt = ragged.decode_predict(request, info.inputs)
+                del request, body  # the parsed lists are not needed while the model runs
+                deadline = self._deadline()
+                expected = False  # submit_async ends the announcement, even when it raises
+                future = servable.submit_async(signature, inputs, deadline=deadline,
+                                               expected=True)
+                outputs = await self._wait(future, deadline)
+                with _NO_GC:
+                    result = json_codec.encode_predict(outputs, fmt)
+                # A completed predict request: model, servable.version, signature, inputs,
+                # outputs and the latency so far are all here (what a request log records).
+            finally:
+                servable.release()
             return 200, result, _JSON
         except ServingError as e:
             status = e.code.name
+            raise
+        except _Reply:  # 413 / a client gone before its body arrived: not a request served
+            status = ""
             raise
         except Exception:
             status = "INTERNAL"
             raise
         finally:
-            if name in self.registry.model_names():  # unknown names would grow the metrics
+            if expected:
+                batcher.unexpect()
+            if status and self.registry.has_model(name):  # unknown names would grow metrics
                 self._record(name, api, status, time.perf_counter() - start)
 
     def _deadline(self) -> float | None:
         return None if self.timeout_s is None else time.monotonic() + self.timeout_s
 
-    async def _predict(self, servable: Any, signature: str, inputs: dict[str, Any], fmt: str
-                       ) -> bytes:
-        deadline = self._deadline()
-        future = servable.submit(signature or None, inputs, deadline=deadline)
-        outputs = await self._wait(asyncio.wrap_future(future), deadline)
-        with _gc_paused():
-            return json_codec.encode_predict(outputs, fmt)
+    async def _wait(self, future: asyncio.Future, deadline: float | None) -> Any:
+        """The servable's answer; DEADLINE_EXCEEDED (504) once ``deadline`` passes."""
+        if deadline is None:
+            return await future
+        timer = asyncio.get_running_loop().call_later(
+            max(deadline - time.monotonic(), 0.0), self._expire, future)
+        try:
+            return await future
+        finally:
+            timer.cancel()
 
-    async def _classify_or_regress(self, api: str, servable: Any, signature: str,
+    def _expire(self, future: asyncio.Future) -> None:
+        if not future.done():
+            future.set_exception(self._deadline_error())
+
+    def _deadline_error(self) -> ServingError:
+        return deadline_exceeded(f"Request did not finish within its deadline of "
+                                 f"{self.timeout_ms} ms (--rest_api_timeout_in_ms)")
+
+    async def _classify_or_regress(self, api: str, servable: Any, signature: str | None,
                                    serialized: list[bytes]) -> bytes:
         deadline = self._deadline()
         # classify_or_regress blocks until its result: run it off the event loop.
-        call = functools.partial(servable.classify_or_regress, signature or None, serialized,
-                                 api, deadline=deadline)
-        outputs = await self._wait(asyncio.get_running_loop().run_in_executor(None, call),
-                                   deadline)
+        call = functools.partial(servable.classify_or_regress, signature, serialized, api,
+                                 deadline=deadline)
+        future = asyncio.get_running_loop().run_in_executor(None, call)
+        try:
+            outputs = await (future if deadline is None else asyncio.wait_for(
+                future, max(deadline - time.monotonic(), 0.0)))
+        except TimeoutError:
+            raise self._deadline_error() from None
         if api == "classify":
             return json_codec.encode_classification(
                 ex.classification_result(outputs, len(serialized)))
         return json_codec.encode_regression(ex.regression_result(outputs, len(serialized)))
-
-    async def _wait(self, future: asyncio.Future, deadline: float | None) -> Any:
-        if deadline is None:
-            return await future
-        try:
-            return await asyncio.wait_for(future, max(deadline - time.monotonic(), 0.0))
-        except TimeoutError:
-            raise deadline_exceeded(f"Request did not finish within its deadline of "
-                                    f"{self.timeout_ms} ms (--rest_api_timeout_in_ms)") from None
 
     def _record(self, name: str, api: str, status: str, seconds: float) -> None:
         if self._metrics is not None:
@@ -276,24 +314,42 @@ class RestApi:
         return 200, source.exposition(), metrics.CONTENT_TYPE.encode()
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Defer Python's cyclic garbage collection while a body turns into objects and back.
+class _GcPaused:
+    """Defers Python's cyclic garbage collection while a body turns into objects and back.
 
     A JSON body parses into one object per number and list; tens of thousands of new objects
     trigger collections, and with TensorFlow loaded a full one scans hundreds of thousands of
     tracked objects: parsing a 64-image body took 10-25x longer than with collection deferred
     (measured on this project's 2-core machine). These objects form no cycles (reference
     counting frees them), so nothing is lost by collecting after the request's synchronous part.
+    Re-entrant only in the sense the event loop needs: nothing awaits inside it.
     """
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
+
+    __slots__ = ("_was_enabled",)
+
+    def __enter__(self) -> None:
+        self._was_enabled = gc.isenabled()
+        if self._was_enabled:
+            gc.disable()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._was_enabled:
+            gc.enable()
+
+
+_NO_GC = _GcPaused()
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    """ASGI lifespan: nothing to set up (``tfprod serve`` runs uvicorn with lifespan off; test
+    clients send these messages)."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
 
 
 def _available(registry: Any, name: str) -> bool:
@@ -323,14 +379,14 @@ def _decode(text: str, what: str) -> str:
 
 
 def make_rest_app(registry: Any, *, max_body_bytes: int, timeout_ms: int | None,
-                  monitoring_path: str | None) -> Starlette:
-    """TF Serving's REST API over ``registry``, as a Starlette app for uvicorn.
+                  monitoring_path: str | None) -> RestApi:
+    """TF Serving's REST API over ``registry``, as an ASGI app for uvicorn.
 
     Example::
 
         app = make_rest_app(registry, max_body_bytes=32 << 20, timeout_ms=30_000,
                             monitoring_path="/monitoring/prometheus/metrics")
-        uvicorn.run(app, port=8501)
+        uvicorn.run(app, port=8501, proxy_headers=False)
 
     Args:
         registry: a started ``ModelRegistry``.
@@ -339,6 +395,5 @@ def make_rest_app(registry: Any, *, max_body_bytes: int, timeout_ms: int | None,
             none. Requests past it get 504.
         monitoring_path: the path serving Prometheus metrics; None to serve none.
     """
-    api = RestApi(registry, max_body_bytes=max_body_bytes, timeout_ms=timeout_ms,
-                  monitoring_path=monitoring_path)
-    return Starlette(routes=[Mount("/", app=api)])
+    return RestApi(registry, max_body_bytes=max_body_bytes, timeout_ms=timeout_ms,
+                   monitoring_path=monitoring_path)

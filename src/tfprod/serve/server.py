@@ -55,6 +55,7 @@ class ServerOptions:
     tensorflow_intra_op_parallelism: int = 0
     tensorflow_inter_op_parallelism: int = 0
     shutdown_grace_s: float = 30.0
+    runtime: str = "tensorflow"
 
     def model_specs(self) -> list[cfg.ModelSpec]:
         """The models to serve, from ``--model_config_file`` or ``--model_name``/``base_path``.
@@ -83,6 +84,9 @@ class ServerOptions:
                 raise cfg.ConfigError(f"--{flag}={value}; expected a port in 0..65535")
         if self.max_body_bytes < 1:
             raise cfg.ConfigError(f"--max_body_bytes={self.max_body_bytes}; expected >= 1")
+        if self.runtime not in cfg.RUNTIMES:
+            raise cfg.ConfigError(f"--runtime={self.runtime}; expected one of "
+                                  f"{', '.join(cfg.RUNTIMES)}")
         if self.rest_api_timeout_in_ms < 0:
             raise cfg.ConfigError(f"--rest_api_timeout_in_ms={self.rest_api_timeout_in_ms}; "
                                   "expected >= 0 (0: no timeout)")
@@ -154,7 +158,7 @@ class ModelServer:
         self.registry = ModelRegistry(
             self.specs, batching=self.batching, enable_warmup=self.options.enable_model_warmup,
             poll_wait_seconds=self.options.file_system_poll_wait_seconds, metrics=self.metrics,
-            on_event=self._on_event)
+            on_event=self._on_event, runtime=self.options.runtime)
         if self.batching is not None:
             b = self.batching
             self.log(f"batching on: max_batch_size {b.max_batch_size}, batch_timeout_micros "
@@ -223,9 +227,12 @@ class ModelServer:
         app = make_rest_app(self.registry, max_body_bytes=o.max_body_bytes,
                             timeout_ms=o.rest_api_timeout_in_ms or None,
                             monitoring_path=self.monitoring.path)
+        # No proxy-header rewriting (nothing reads the client address) and no Server header
+        # (TF Serving sends none): less work per request.
         config = uvicorn.Config(app, host=o.rest_api_host, port=o.rest_api_port, loop="uvloop",
                                 http="httptools", lifespan="off", access_log=False,
-                                log_level="error", backlog=4096,
+                                log_level="error", backlog=4096, proxy_headers=False,
+                                server_header=False,
                                 timeout_graceful_shutdown=int(o.shutdown_grace_s))
         self._uvicorn = uvicorn.Server(config)
         self._rest_thread = threading.Thread(target=self._uvicorn.run, name="rest", daemon=True)
@@ -274,6 +281,9 @@ class ModelServer:
             self.log(f"[red]{where} failed to load[/]: {escape(event.message)}")
         elif event.state == "END":
             self.log(f"{where} unloaded{took}")
+        elif event.state == "LITERT_FALLBACK":
+            self.log(f"[yellow]{where}: LiteRT runtime not used for[/] {escape(event.message)}; "
+                     "[yellow]these signatures run on TensorFlow[/]")
         elif event.state in ("NO_VERSIONS", "POLL_ERROR"):
             self.log(f"[yellow]model {event.model}[/]: {escape(event.message)}")
 

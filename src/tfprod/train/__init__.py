@@ -12,6 +12,8 @@
 - Insight without a UI: :func:`profile_training` (input-bound or compute-bound, with a
   tf.profiler trace), :func:`bench_step` (eager vs tf.function vs XLA vs mixed vs fit).
 - Model parallelism by hand: :class:`DeviceSplitMLP` (layers on different devices).
+- ``tfprod train`` as a library: :class:`TrainConfig`, :func:`run_training` (the task read from
+  the labels, held-out data, the best epoch kept), :func:`training_inputs`.
 
 Names are imported on first use, so that process helpers of this package (local cluster
 launch, the peer watchdog) start without loading TensorFlow.
@@ -30,6 +32,8 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "ProfileReport": "profile",
     "RollbackOnNaN": "callbacks",
     "StepBenchReport": "step_bench",
+    "TrainConfig": "run",
+    "TrainResult": "run",
     "Trainer": "trainer",
     "TrainingCheckpoint": "checkpoints",
     "bench_step": "step_bench",
@@ -37,8 +41,10 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "make_strategy": "strategies",
     "mirrored_strategy": "strategies",
     "profile_training": "profile",
+    "run_training": "run",
     "sample_quality": "gan",
     "set_memory_growth": "strategies",
     "split_cpu": "strategies",
     "train_gan": "gan",
+    "training_inputs": "inputs",
 })

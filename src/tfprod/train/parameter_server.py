@@ -25,12 +25,15 @@ def fit_parameter_server(
     epochs: int,
     steps_per_epoch: int | None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    validation_data: tf.data.Dataset | None = None,
 ) -> keras.callbacks.History:
     """Trains ``trainer.model`` with a ``ClusterCoordinator``; batch logs come per epoch.
 
     ``dataset`` should be a function that builds the dataset: it is traced and run on every
     worker. A dataset object whose tensors live on the coordinator (e.g. from numpy arrays)
-    cannot be shipped to workers; one read from files can.
+    cannot be shipped to workers; one read from files can. The compiled metrics are updated by
+    the workers' steps; ``validation_data`` is evaluated by the coordinator itself at each
+    epoch end (:func:`evaluate_on_coordinator`), every example exactly once.
     """
     strategy = trainer.strategy
     dataset_fn = dataset if callable(dataset) else (lambda: dataset)
@@ -48,9 +51,12 @@ def fit_parameter_server(
     model = trainer.model
     sample = next(iter(dataset.take(1)))
     with strategy.scope():
-        model(sample[0], training=False)
+        y_pred = model(sample[0], training=False)
         if not trainer.optimizer.built:
             trainer.optimizer.build(model.trainable_variables)
+        metrics = getattr(model, "_compile_metrics", None)
+        if metrics is not None and not metrics.built:
+            metrics.build(sample[1], y_pred)
     trainer._check_labels(sample[1], model(sample[0], training=False))
 
     per_worker = coordinator.create_per_worker_dataset(lambda: dataset_fn().repeat())
@@ -60,7 +66,8 @@ def fit_parameter_server(
         x, y = batch[0], batch[1]
         sw = batch[2] if len(batch) > 2 else None
         global_batch = tf.cast(tf.shape(tf.nest.flatten(x)[0])[0], tf.float32)
-        loss, grads, _ = trainer._gradients(x, y, sw, global_batch)
+        loss, grads, y_pred = trainer._gradients(x, y, sw, global_batch)
+        trainer._update_metrics(y, y_pred, sw)
         if trainer.clip_norm is not None:
             grads, _ = tf.clip_by_global_norm(grads, trainer.clip_norm)
         trainer.optimizer.apply_gradients(
@@ -78,15 +85,49 @@ def fit_parameter_server(
     cbs.on_train_begin()
     logs: dict[str, float] = {}
     for epoch in range(epochs):
+        trainer._reset_metrics()
         cbs.on_epoch_begin(epoch)
         results = [coordinator.schedule(worker_step, args=(iterator,))
                    for _ in range(steps_per_epoch)]
         coordinator.join()
         losses = [float(r.fetch()) for r in results]
-        logs = {"loss": sum(losses) / len(losses)}
+        logs = {"loss": sum(losses) / len(losses), **trainer._metric_results()}
+        if validation_data is not None:
+            logs.update(evaluate_on_coordinator(trainer, validation_data, prefix="val_"))
         cbs.on_train_batch_end(steps_per_epoch - 1, {"loss": losses[-1]})
         cbs.on_epoch_end(epoch, logs)
         if model.stop_training:
             break
     cbs.on_train_end(logs)
     return model.history
+
+
+def evaluate_on_coordinator(trainer: Trainer, dataset: tf.data.Dataset, *,
+                            prefix: str = "") -> dict[str, float]:
+    """Mean loss over the examples of ``dataset`` and the compiled metrics, computed by the
+    coordinator with the variables on the parameter servers.
+
+    Evaluation scheduled on workers may run a batch twice when a worker is retried, and the
+    split of an evaluation set across workers is not exact; the coordinator reads each example
+    once. Fine for validation sets; a large one wants a side-car evaluator.
+    """
+    model = trainer.model
+
+    @tf.function
+    def step(x, y):
+        y_pred = model(x, training=False)
+        per_example = trainer._per_example(y, y_pred)
+        trainer._update_metrics(y, y_pred, None)
+        return tf.reduce_sum(per_example), tf.cast(tf.size(per_example), tf.float32)
+
+    trainer._reset_metrics()
+    total, examples = 0.0, 0.0
+    for batch in dataset:
+        loss_sum, n = step(batch[0], batch[1])
+        total, examples = total + float(loss_sum), examples + float(n)
+    if examples == 0:
+        raise TfprodError("the evaluation dataset is empty")
+    out = {f"{prefix}loss": total / examples,
+           **{f"{prefix}{k}": v for k, v in trainer._metric_results().items()}}
+    trainer._reset_metrics()
+    return out

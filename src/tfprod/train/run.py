@@ -13,9 +13,12 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tfprod.errors import TfprodError
+
+if TYPE_CHECKING:
+    from tfprod.train.inputs import TrainingInputs
 
 PRESETS = ("mlp", "cnn")
 
@@ -39,7 +42,11 @@ class TrainConfig:
     mixed_precision: str | None = None
     jit_compile: bool = False
     learning_rate: float = 1e-3
+    validation: str | None = None
     validation_split: float = 0.2
+    task: str | None = None
+    num_classes: int | None = None
+    early_stopping: int | None = None
     seed: int = 0
     save: str | None = None
     cluster_timeout: float = 60.0
@@ -55,6 +62,11 @@ class TrainResult:
     saved: str | None
     weights_sha256: str
     seconds: float
+    label_task: dict[str, Any] | None = None
+    split: dict[str, Any] | None = None
+    epochs: list[int] = dataclasses.field(default_factory=list)
+    best_epoch: int | None = None
+    stopped_early: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -93,92 +105,73 @@ def load_model_function(spec: str):
     return fn
 
 
-def _datasets(config: TrainConfig):
-    """(train_fn, val_fn, input_shape, num_classes): dataset functions, so PS workers can
-    build their own copy from the same files."""
-    import tensorflow as tf
-
-    from tfprod.data import Schema, image_folder
-    from tfprod.data.schema import SCHEMA_FILE
-
-    path = config.data
-    if not os.path.exists(path):
-        raise TfprodError(f"--data {path}: no such file or folder")
-    if os.path.isdir(path) and not os.path.exists(os.path.join(path, SCHEMA_FILE)):
-        size = (config.image_size, config.image_size)
-        common = dict(batch_size=config.batch_size, color_mode="grayscale",
-                      validation_split=config.validation_split, seed=config.seed)
-
-        def train_fn():
-            return image_folder(path, size, subset="training", **common)
-
-        def val_fn():
-            return image_folder(path, size, subset="validation", shuffle=False, **common)
-
-        probe = train_fn()
-        return train_fn, val_fn, (*size, 1), len(probe.class_names)
-    if os.path.isdir(path):
-        from tfprod.data import read_tfrecords
-
-        schema = Schema.load(path)
-        label = config.label or ("label" if "label" in schema.features else None)
-        if label is None:
-            raise TfprodError(f"--data {path}: which feature is the label? pass --label NAME "
-                              f"(features: {list(schema.features)})")
-        inputs = [n for n in schema.features if n != label]
-        if len(inputs) != 1:
-            raise TfprodError(f"--data {path}: presets take one input feature, the schema has "
-                              f"{inputs}; use a module:function model for several")
-        (name,) = inputs
-        spec = schema.features[name]
-
-        def train_fn():
-            ds = read_tfrecords(path, batch_size=config.batch_size, label=label,
-                                seed=config.seed)
-            return ds.map(lambda x, y: (tf.cast(x[name], tf.float32), y))
-
-        n_classes = None
-        return train_fn, None, tuple(spec.shape), n_classes
-    if path.lower().endswith(".csv"):
-        from tfprod.data.tabular import read_csv
-
-        if config.label is None:
-            raise TfprodError(f"--data {path}: which column is the label? pass --label NAME")
-
-        def train_fn():
-            return read_csv(path, label=config.label, batch_size=config.batch_size,
-                            seed=config.seed)
-
-        return train_fn, None, ("csv", path), None
-    raise TfprodError(f"--data {path}: expected an image folder, a TFRecord folder or a .csv "
-                      "file")
-
-
-def _build_model(config: TrainConfig, input_shape, num_classes):
+def _build_model(config: TrainConfig, inputs: TrainingInputs):
+    """The model to train: a preset with the task's head on the data's input side, a .keras
+    file, or the user's ``module:function``."""
     import keras
 
     from tfprod.models import mlp, small_cnn
 
+    task, shape = inputs.task, inputs.input_shape
     if config.model == "cnn":
-        if len(input_shape) != 3:
-            raise TfprodError(f"--model cnn needs images; the data has shape {input_shape}")
-        return small_cnn(input_shape, num_classes or 10, learning_rate=config.learning_rate)
-    if config.model == "mlp" and input_shape[0] == "csv":
-        from tfprod.data.tabular import preprocessing
-
-        # Normalization / lookups adapted on the training data, inside the model.
-        prep = preprocessing(input_shape[1], label=config.label)
-        return mlp(num_classes=num_classes or 10, learning_rate=config.learning_rate,
-                   inputs=prep.inputs, features=prep.encoded)
-    if input_shape[0] == "csv":
-        raise TfprodError("CSV data trains the mlp preset or a module:function model")
+        if shape is None or len(shape) != 3:
+            what = "named columns" if shape is None else f"examples of shape {shape}"
+            raise TfprodError(f"--model cnn needs images; the data has {what}; use --model mlp")
+        return small_cnn(shape, learning_rate=config.learning_rate, task=task)
     if config.model == "mlp":
-        return mlp(input_shape, num_classes or 10, learning_rate=config.learning_rate)
+        if shape is None:
+            from tfprod.data.tabular import preprocessing
+
+            # Normalization / lookups from the training rows only, inside the model.
+            prep = preprocessing(inputs.columns(), label=task.label)
+            return mlp(learning_rate=config.learning_rate, inputs=prep.inputs,
+                       features=prep.encoded, task=task)
+        if inputs.feature is not None and len(shape) <= 1:
+            x = keras.Input(shape, name=inputs.feature)
+            mean, variance = _moments(inputs.columns(), inputs.feature)
+            features = keras.layers.Normalization(mean=mean, variance=variance,
+                                                  name=f"{inputs.feature}_normalization")(x)
+            return mlp(learning_rate=config.learning_rate, inputs=x, features=features,
+                       task=task)
+        return mlp(shape, learning_rate=config.learning_rate, task=task)
     if config.model.endswith(".keras"):
         if not os.path.exists(config.model):
             raise TfprodError(f"--model {config.model}: no such file")
         return keras.saving.load_model(config.model)
     return load_model_function(config.model)()
+
+
+def _moments(dataset, feature: str):
+    """Per-component mean and variance of one feature over the training rows (float64)."""
+    import numpy as np
+
+    n, total, squares = 0, 0.0, 0.0
+    for x, _ in dataset:
+        v = np.asarray(x[feature], np.float64).reshape(len(x[feature]), -1)
+        n, total, squares = n + len(v), total + v.sum(0), squares + (v * v).sum(0)
+    mean = total / n
+    variance = np.maximum(squares / n - mean * mean, 0.0)
+    variance[variance == 0] = 1.0  # constant components: centred only (see preprocessing())
+    return mean.tolist(), variance.tolist()
+
+
+def _label_encoder(inputs: TrainingInputs, model):
+    """A function making the label encoder for this model: its own task's form when it has a
+    Target layer (a preset, or a .keras file trained by tfprod), class indices or raw values
+    otherwise."""
+    from tfprod.models.target import find_task
+
+    own = find_task(model)
+    if own is None:
+        return lambda: inputs.task.encoder(head_shape=False, indexed=inputs.indexed)
+    data = inputs.task
+    fits = (own.kind == data.kind == "regression") or (
+        own.classification and data.classification and set(data.classes) <= set(own.classes)
+        and (not inputs.indexed or data.classes == own.classes))
+    if not fits:
+        raise TfprodError(f"--model {model.name}: it was trained for {own.summary()}; the data "
+                          f"asks for {data.summary()}; train a new model (--model mlp or cnn)")
+    return lambda: own.encoder(indexed=inputs.indexed)
 
 
 def weights_digest(model) -> str:
@@ -189,9 +182,16 @@ def weights_digest(model) -> str:
 
 
 def run_training(config: TrainConfig, *, console=None) -> TrainResult:
-    """Trains as configured; the chief saves the model and writes TensorBoard logs."""
+    """Trains as configured; the chief saves the model and writes TensorBoard logs.
+
+    With validation data, the weights of the epoch with the lowest validation loss are kept
+    (and saved): training stops after ``early_stopping`` epochs without improvement, or runs
+    all ``epochs`` and restores the best one.
+    """
     import keras
 
+    from tfprod.models.target import find_target
+    from tfprod.train.inputs import training_inputs
     from tfprod.train.progress import RichProgress
     from tfprod.train.strategies import is_parameter_server, make_strategy
     from tfprod.train.trainer import Trainer
@@ -200,21 +200,45 @@ def run_training(config: TrainConfig, *, console=None) -> TrainResult:
         raise TfprodError(f"--epochs {config.epochs}; expected at least 1")
     if config.batch_size < 1:
         raise TfprodError(f"--batch-size {config.batch_size}; expected at least 1")
+    if config.early_stopping is not None and config.early_stopping < 1:
+        raise TfprodError(f"--early-stopping {config.early_stopping}; expected a patience of at "
+                          "least 1 epoch")
     start = time.perf_counter()
     # The strategy comes first: multi-worker training must create it before any other TF op.
     strategy = make_strategy(config.strategy, cluster_timeout=config.cluster_timeout)
     keras.utils.set_random_seed(config.seed)
     if config.mixed_precision:
         keras.mixed_precision.set_dtype_policy(config.mixed_precision)
-    train_fn, val_fn, input_shape, num_classes = _datasets(config)
+    inputs = training_inputs(
+        config.data, label=config.label, validation=config.validation,
+        validation_split=config.validation_split, batch_size=config.batch_size,
+        image_size=config.image_size, seed=config.seed, task=config.task,
+        num_classes=config.num_classes)
+    if config.early_stopping is not None and not inputs.has_validation:
+        raise TfprodError("--early-stopping watches the validation loss, and there is no "
+                          "validation data; drop --validation-split 0 or pass --validation PATH")
+    chief = is_chief()
+    if chief and console is not None:
+        console.print(f"task: {inputs.task.summary()}", highlight=False)
+        console.print(f"data: {_split_line(inputs.split)}", highlight=False)
     trainer = Trainer(
-        lambda: _build_model(config, input_shape, num_classes), strategy=strategy,
+        lambda: _build_model(config, inputs), strategy=strategy,
         jit_compile=config.jit_compile, accumulation_steps=config.accumulation_steps,
         clip_norm=config.clip_norm,
         checkpoint_dir=_own_dir(config.checkpoint_dir) if config.checkpoint_dir else None,
     )
-    chief = is_chief()
-    callbacks = [keras.callbacks.TensorBoard(config.logdir)] if chief else []
+    encoder = _label_encoder(inputs, trainer.model)
+    train_fn, val_fn = inputs.train_fn(encoder), inputs.val_fn(encoder)
+    callbacks: list[keras.callbacks.Callback] = []
+    best = None
+    if val_fn is not None:
+        # Every worker runs it: they see the same validation loss, so they stop together.
+        best = keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=config.early_stopping or config.epochs,
+            restore_best_weights=True)
+        callbacks.append(best)
+    if chief:
+        callbacks.append(keras.callbacks.TensorBoard(config.logdir))
     ps = is_parameter_server(strategy)
     train = train_fn if ps else train_fn()
     if chief and console is not None and not ps:
@@ -224,20 +248,39 @@ def run_training(config: TrainConfig, *, console=None) -> TrainResult:
         if steps > 0:
             callbacks.append(RichProgress(steps, console=console))
     history = trainer.fit(train, epochs=config.epochs, resume=config.resume,
-                          validation_data=None if (ps or val_fn is None) else val_fn(),
+                          validation_data=None if val_fn is None else val_fn(),
                           callbacks=callbacks)
+    best_epoch = None
+    if best is not None and best.best_weights is not None:
+        best_epoch = best.best_epoch + 1
+    target = find_target(trainer.model)
+    if target is not None:  # which rows of --data it never trained on, for tfprod optimize
+        target.held_out = (config.validation_split if config.validation is None
+                           and config.validation_split > 0 else None)
     saved = None
     if config.save and chief:
         os.makedirs(os.path.dirname(os.path.abspath(config.save)), exist_ok=True)
         trainer.model.save(config.save)
         saved = config.save
     kind, index = _task()
+    epochs = history.epoch if hasattr(history, "epoch") else []
     return TrainResult(
         history={k: [float(v) for v in vs] for k, vs in history.history.items()},
         strategy=type(strategy).__name__, replicas=strategy.num_replicas_in_sync,
         task=f"{kind}:{index}", steps_per_second=trainer.steps_per_second, saved=saved,
         weights_sha256=weights_digest(trainer.model),
-        seconds=round(time.perf_counter() - start, 2))
+        seconds=round(time.perf_counter() - start, 2),
+        label_task=inputs.task.to_json(), split=inputs.split,
+        epochs=[e + 1 for e in epochs], best_epoch=best_epoch,
+        stopped_early=bool(best is not None and best.stopped_epoch > 0))
+
+
+def _split_line(split: dict[str, Any]) -> str:
+    train, held = split["training"], split["held_out"]
+    if held is None:
+        return f"{train['rows']} training examples, no validation data"
+    return (f"{train['rows']} training / {held['rows']} validation examples "
+            f"({split['validation']})")
 
 
 def _own_dir(path: str) -> str:

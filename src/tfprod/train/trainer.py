@@ -216,13 +216,11 @@ class Trainer:
             metrics.update_state(y, y_pred, sample_weight=sw)
 
     def _replica_eval(self, x, y, sw=None):
-        ctx = tf.distribute.get_replica_context()
-        local = tf.cast(tf.shape(tf.nest.flatten(x)[0])[0], tf.float32)
-        global_batch = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local)
+        """(sum of the per-example losses, examples) of this replica's part of the batch."""
         y_pred = self.model(x, training=False)
         per_example = self._per_example(y, y_pred)
         self._update_metrics(y, y_pred, sw)
-        return tf.reduce_sum(per_example) / global_batch
+        return tf.stack([tf.reduce_sum(per_example), tf.cast(tf.size(per_example), tf.float32)])
 
     def _make_steps(self) -> None:
         strategy = self.strategy
@@ -310,7 +308,8 @@ class Trainer:
             from tfprod.train.parameter_server import fit_parameter_server
 
             return fit_parameter_server(self, dataset, epochs=epochs,
-                                        steps_per_epoch=steps_per_epoch, callbacks=callbacks)
+                                        steps_per_epoch=steps_per_epoch, callbacks=callbacks,
+                                        validation_data=validation_data)
         if callable(dataset) and not isinstance(dataset, tf.data.Dataset):
             dataset = dataset()
         data, known = self._prepare(dataset)
@@ -381,18 +380,23 @@ class Trainer:
         return self.model.history
 
     def evaluate(self, dataset: tf.data.Dataset, *, prefix: str = "") -> dict[str, float]:
-        """Mean loss and compiled metrics over ``dataset``."""
+        """Mean loss over the examples of ``dataset``, and the compiled metrics."""
+        if is_parameter_server(self.strategy):
+            from tfprod.train.parameter_server import evaluate_on_coordinator
+
+            return evaluate_on_coordinator(self, dataset, prefix=prefix)
         data, _ = self._prepare_eval(dataset)
         if self._eval_step is None:
             self._make_steps()
         self._reset_metrics()
-        total, batches = 0.0, 0
+        # The mean over examples, not over batches: a short last batch counts for its size.
+        total = tf.zeros([2])
         for batch in self.strategy.experimental_distribute_dataset(data):
-            total += float(self._eval_step(batch))
-            batches += 1
-        if batches == 0:
+            total += self._eval_step(batch)
+        loss_sum, examples = (float(v) for v in total.numpy())
+        if examples == 0:
             raise TfprodError("the evaluation dataset is empty")
-        out = {f"{prefix}loss": total / batches}
+        out = {f"{prefix}loss": loss_sum / examples}
         out.update({f"{prefix}{k}": v for k, v in self._metric_results().items()})
         self._reset_metrics()
         return out
