@@ -41,15 +41,6 @@ def num_cores() -> int:
     return os.cpu_count() or 1
 
 
-def single_input(model) -> Any:
-    """The one input tensor of ``model``; a one-line error for models with several inputs."""
-    inputs = list(getattr(model, "inputs", None) or [])
-    if len(inputs) != 1:
-        raise TfprodError(f"model {model.name!r} has {len(inputs)} inputs; this takes a model "
-                          "with exactly one input tensor")
-    return inputs[0]
-
-
 def input_shapes(model) -> dict[str, tuple[int | None, ...]]:
     """Each serving input of ``model`` by name -> its example shape (without the batch)."""
     from tfprod.export.signature import serving_inputs
@@ -110,8 +101,9 @@ class LiteRTConverter:
     ``from_saved_model``, as Keras' own LiteRT export does.
 
     Args:
-        model: a built Keras model with one input tensor.
-        representative: training examples ``[N, ...]`` for the ``int8`` kind.
+        model: a built Keras model with one input tensor or several named inputs.
+        representative: training examples ``[N, ...]`` (a dict of them by input name for
+            several inputs) for the ``int8`` kind.
         num_samples: how many of them calibrate the int8 ranges.
     """
 
@@ -251,7 +243,7 @@ def to_litert(model, path: str | os.PathLike, kind: str = "float32", *,
     """Converts ``model`` to one LiteRT kind and writes it to ``path`` (atomically).
 
     Args:
-        model: a built Keras model with one input tensor.
+        model: a built Keras model with one input tensor or several named inputs.
         path: the ``.tflite`` file to write.
         kind: ``float32``, ``dynamic``, ``float16`` or ``int8``.
         representative: training examples for ``int8`` calibration.
