@@ -105,3 +105,17 @@ def own_tables(tmp_path_factory):
     from tables import write_tables
 
     return write_tables(tmp_path_factory.mktemp("tables"))
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server on a loopback port for this session (``tests/postgres_server``):
+    yields the server (``.url``, ``.stop()``, ``.start()``); always stopped at the end."""
+    from postgres_server import PostgresServer
+
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()

@@ -7,7 +7,8 @@ import pytest
 
 @pytest.mark.parametrize("module", ["tfprod", "tfprod.data", "tfprod.models", "tfprod.train",
                                     "tfprod.doctor", "tfprod.export", "tfprod.optimize",
-                                    "tfprod.serve", "tfprod.rl", "tfprod.migrate"])
+                                    "tfprod.serve", "tfprod.monitor", "tfprod.rl",
+                                    "tfprod.migrate"])
 def test_all_names_exist(module):
     mod = importlib.import_module(module)
     assert mod.__all__, f"{module} publishes nothing"
@@ -59,3 +60,13 @@ def test_own_data_surface():
     assert {"Target", "find_task", "task_head", "compile_for_task", "MacroF1",
             "ScaledMeanSquaredError"} <= set(m.__all__)
     assert {"TrainConfig", "TrainResult", "run_training", "training_inputs"} <= set(t.__all__)
+
+
+def test_monitor_loads_without_tensorflow():
+    import subprocess
+    import sys
+
+    code = ("import sys, tfprod.monitor; from tfprod.monitor import detect_drift, Profile; "
+            "print('tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

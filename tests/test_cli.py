@@ -29,7 +29,8 @@ def test_help_lists_every_verb_with_one_line():
 
 @pytest.mark.parametrize("verb", [["quickstart"], ["data", "sample"], ["data", "inspect"],
                                   ["data", "bench"], ["train"], ["profile"], ["bench", "step"],
-                                  ["doctor"]])
+                                  ["doctor"], ["monitor", "drift"], ["monitor", "report"],
+                                  ["monitor", "profile"]])
 def test_every_verb_has_help_with_an_example(verb):
     r = run(*verb, "--help")
     assert r.returncode == 0 and "Example:" in r.stdout
@@ -97,7 +98,7 @@ def test_quickstart_end_to_end(tmp_path):
     assert "validation accuracy" in r.stdout
     assert [s["stage"] for s in result["stages"]] == [
         "sample data", "pipeline", "inspect", "doctor", "train", "save + evaluate", "export",
-        "optimize", "serve"]
+        "optimize", "serve", "monitor"]
     assert (tmp_path / "qs" / "model.keras").exists()
     version = tmp_path / "qs" / "models" / "digits" / "1"
     assert (version / "saved_model.pb").exists()
@@ -118,6 +119,13 @@ def test_quickstart_end_to_end(tmp_path):
     events = [f for _, _, fs in os.walk(logs) for f in fs if f.startswith("events.out")]
     assert events, "no TensorBoard event files"
     assert "tensorboard --logdir" in r.stdout
+    # The monitor stage: clean traffic does not drift, the shifted copy does.
+    drift = {d["traffic"]: d for d in result["drift"]}
+    assert drift["clean"]["verdict"] == "no drift", drift
+    assert drift["shifted"]["verdict"] == "DRIFT" and "image:mean" in drift["shifted"]["drifted"]
+    assert drift["clean"]["rows"] == drift["shifted"]["rows"] == 180
+    assert (tmp_path / "qs" / "drift.html").stat().st_size < 200_000
+    assert "drift of the served traffic" in r.stdout
 
 
 def test_inspect_ignore_errors_reports_skipped_files(tmp_path):

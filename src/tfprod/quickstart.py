@@ -1,5 +1,5 @@
 """The main job: sample data -> pipeline -> inspect -> doctor -> train -> save -> export ->
-optimize -> serve.
+optimize -> serve -> monitor.
 
 Each stage returns plain data that the CLI prints as one compact table; later stages of the
 lifecycle (monitor, online) add their step here.
@@ -32,6 +32,7 @@ class QuickstartResult:
     serving: dict[str, Any] | None = None
     validation_accuracy: float | None = None  # of the epoch kept, on held-out training images
     best_epoch: int | None = None
+    drift: list[dict[str, Any]] | None = None  # clean and shifted traffic vs the reference
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -68,6 +69,7 @@ def run(
     from tfprod.doctor import diagnose
     from tfprod.export import export_saved_model
     from tfprod.models import small_cnn
+    from tfprod.monitor.model import penultimate
     from tfprod.optimize.compare import optimize
     from tfprod.train import GradientStats, RichProgress, Trainer
 
@@ -154,11 +156,17 @@ def run(
 
     t0 = time.perf_counter()
     base = os.path.join(out, "models", "digits")
+    # The monitoring reference is held-out data: on its training data a model is more
+    # confident than on anything new, which would read as prediction drift.
+    # A random half (the test folder is read class by class): the other half is clean traffic.
+    order = np.random.default_rng(seed).permutation(len(images))
+    held, unseen = order[:len(images) // 2], order[len(images) // 2:]
     exported = export_saved_model(restored, base, version=1, overwrite=True,
-                                  reference_data=train)
+                                  reference_data=(images[held], labels[held]),
+                                  extra_endpoints={"embedding": penultimate(restored)})
     stage("export", t0, result=f"SavedModel version {exported.version} in TF Serving's layout, "
-          f"{exported.warmup_requests} warmup requests, reference statistics of "
-          f"{exported.reference_examples} examples")
+          f"{exported.warmup_requests} warmup requests, an embedding endpoint, reference "
+          f"statistics and sample of {exported.reference_examples} held-out examples")
 
     t0 = time.perf_counter()
     variants_dir = os.path.join(out, "variants")
@@ -169,11 +177,23 @@ def run(
     stage("optimize", t0, result=f"{len(report.results)} variants measured side by side; {picks}")
 
     t0 = time.perf_counter()
-    serving = serve_and_query(base, images, labels, log=os.path.join(out, "serve.log"))
-    stage("serve", t0, result=f"tfprod serve process (REST, batching): accuracy "
+    request_log = os.path.join(out, "requests.db")
+    if os.path.exists(request_log):
+        os.remove(request_log)
+    traffic = {"clean": images[unseen], "shifted": shift_images(images[unseen])}
+    serving = serve_and_query(base, images, labels, log=os.path.join(out, "serve.log"),
+                              request_log=request_log, traffic=traffic)
+    stage("serve", t0, result=f"tfprod serve process (REST, batching, request log): accuracy "
           f"{serving['accuracy']:.4f}"
           f" over {serving['examples']} examples; 1-instance latency p50 "
           f"{serving['p50_ms']:.1f} ms, p99 {serving['p99_ms']:.1f} ms")
+
+    t0 = time.perf_counter()
+    html = os.path.join(out, "drift.html")
+    drift = drift_of_traffic(exported.path, request_log, serving["windows"], html=html)
+    verdicts = "; ".join(f"{d['traffic']}: {d['verdict']}" for d in drift)
+    stage("monitor", t0, result=f"tfprod.monitor on the request log vs the reference: "
+          f"{verdicts} (brightness +60, contrast x0.6; FDR 0.01)")
 
     artifacts = {
         "sample data": data_dir,
@@ -184,26 +204,79 @@ def run(
                       f"--model_base_path={base})",
         "variants": f"{variants_dir}  (plot: {report.plot})",
         "server log": serving["log"],
+        "request log": f"{request_log}  (tfprod monitor report --model_base_path={base} "
+                       f"--log={request_log} --since=1h)",
+        "drift report": html,
     }
     return QuickstartResult(out, stages, artifacts, accuracy,
                             round(time.perf_counter() - start, 1), optimize=report,
                             serving=serving, validation_accuracy=validation_accuracy,
-                            best_epoch=best.best_epoch + 1)
+                            best_epoch=best.best_epoch + 1, drift=drift)
+
+
+def shift_images(images: Any, *, brightness: float = 60.0, contrast: float = 0.6) -> Any:
+    """A copy as a different camera would see it: contrast scaled, brightness raised."""
+    import numpy as np
+
+    return np.clip(np.asarray(images, np.float32) * contrast + brightness, 0, 255)
+
+
+def drift_of_traffic(version_dir: str, request_log: str, windows: dict[str, tuple[float, float]],
+                     *, html: str) -> list[dict[str, Any]]:
+    """Each window of the request log against the version's reference sample (with the
+    model's embeddings); writes the HTML report of the last window."""
+    from tfprod.monitor import detect_drift, load_dataset, render_html
+    from tfprod.monitor.model import ExportedModel
+    from tfprod.monitor.store import open_store, records_to_dataset
+
+    model = ExportedModel(version_dir)
+    reference = load_dataset(version_dir)
+    reference.embeddings = model.embeddings(reference.features)
+    store = open_store(request_log, create=False)
+    rows = []
+    try:
+        for name, (since, until) in windows.items():
+            current = records_to_dataset(store.read("digits", since=since, until=until))
+            current.source = f"{name} traffic"
+            current.embeddings = model.embeddings(current.features)
+            report = detect_drift(reference, current, fdr=0.01)  # a demo: 1% false alarms
+            perf = report.performance
+            rows.append({
+                "traffic": name, "rows": report.current_rows,
+                "drifted": ", ".join(report.drifted) or "-",
+                "joint": f"{report.multivariate['test']} p={report.multivariate['p_adjusted']:.3g}",
+                "predictions": ", ".join(k for k, v in report.prediction_drift.items()
+                                         if v["drift"]) or "-",
+                "estimated_accuracy": f"{perf['estimated_accuracy']:.3f} +- "
+                                      f"{perf['estimated_accuracy_error']:.3f}"
+                if "estimated_accuracy" in perf else "-",
+                "verdict": "DRIFT" if report.exit_status else "no drift"})
+            with open(html, "w", encoding="utf-8") as f:
+                f.write(render_html(report, title=f"digits: {name} traffic vs the reference"))
+    finally:
+        store.close()
+    return rows
 
 
 def serve_and_query(base: str, images: Any, labels: Any, *, log: str,
-                    latency_requests: int = 100, batch: int = 64) -> dict[str, Any]:
+                    latency_requests: int = 100, batch: int = 64, request_log: str | None = None,
+                    traffic: dict[str, Any] | None = None) -> dict[str, Any]:
     """Starts ``tfprod serve --enable_batching`` on ``base`` as its own process on free loopback
     ports and queries it over REST: every image in ``batch``-row requests (accuracy), then
-    ``latency_requests`` one-instance requests one after another (latency); then stops it."""
+    ``latency_requests`` one-instance requests one after another (latency), then each set of
+    ``traffic`` images (name -> images) in turn, whose time windows it returns (``windows``);
+    then stops it. With ``request_log``, the server logs every request there."""
     import numpy as np
 
     from tfprod.serve.client import RestClient
     from tfprod.serve.process import ServerProcess
 
     pixels = np.asarray(images).astype(np.uint8)  # whole numbers in JSON: a third of the bytes
-    with ServerProcess("digits", base, log=log, flags=["--enable_batching",
-                                                       "--file_system_poll_wait_seconds=0"]
+    flags = ["--enable_batching", "--file_system_poll_wait_seconds=0"]
+    if request_log:
+        flags += [f"--request_log={request_log}", "--monitoring_interval_seconds=0"]
+    windows = {}
+    with ServerProcess("digits", base, log=log, flags=flags
                        ) as server, RestClient("127.0.0.1", server.rest_port) as client:
         predicted = np.concatenate([client.predict("digits", pixels[i:i + batch])
                                     for i in range(0, len(pixels), batch)])
@@ -212,7 +285,13 @@ def serve_and_query(base: str, images: Any, labels: Any, *, log: str,
             t = time.perf_counter()
             client.predict("digits", pixels[i % len(pixels)][None])
             times.append(1000 * (time.perf_counter() - t))
-    return {"examples": len(pixels),
+        for name, sent in (traffic or {}).items():
+            sent = np.round(np.asarray(sent)).astype(np.uint8)
+            since = time.time()
+            for i in range(0, len(sent), batch):
+                client.predict("digits", sent[i:i + batch])
+            windows[name] = (since, time.time())
+    return {"windows": windows, "request_log": request_log,"examples": len(pixels),
             "accuracy": float(np.mean(np.argmax(predicted, axis=1) == labels)),
             "p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99)),
             "latency_requests": latency_requests, "rest_port": server.rest_port, "log": log}

@@ -16,7 +16,8 @@ def quickstart(
     json_path: Path | None = typer.Option(None, "--json", help="Also write the report as JSON."),
 ) -> None:
     """Run the main job end to end on sample digits: data, pipeline, doctor, training, export,
-    optimize, and serving over TF Serving's REST API.
+    optimize, serving over TF Serving's REST API with a request log, and drift of clean and
+    shifted traffic.
 
     Example: [bold]tfprod quickstart --out /tmp/qs --epochs 5[/]
     """
@@ -35,6 +36,12 @@ def quickstart(
     console.print(table(f"variants of the model ({report.test_examples} test examples, float "
                          f"{report.metric} {report.reference:.2f}; tfprod optimize builds more)",
                          report.columns, report.rows))
+    if result.drift:
+        console.print(table("drift of the served traffic vs the reference (tfprod.monitor)",
+                            ["traffic", "rows", "drifted", "joint", "predictions",
+                             "est. accuracy", "verdict"],
+                            [[d["traffic"], d["rows"], d["drifted"], d["joint"], d["predictions"],
+                              d["estimated_accuracy"], d["verdict"]] for d in result.drift]))
     console.print(table("artifacts", ["what", "where / how to open"],
                          [[k, v] for k, v in result.artifacts.items()]))
     console.print(f"validation accuracy {result.validation_accuracy:.4f} (epoch "

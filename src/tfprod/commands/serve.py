@@ -49,6 +49,31 @@ def _log(message: str) -> None:
     err_console.print(f"[dim]{stamp}[/] {message}", highlight=False, soft_wrap=True)
 
 
+def _monitor(options, request_log: str | None, interval: float, buffer: int):
+    """The request log and drift monitor (tfprod.monitor) when any model is logged, else None."""
+    logging = {}
+    for spec in options.model_specs():
+        if spec.logging is not None:
+            logging[spec.name] = (spec.logging.url, spec.logging.sampling_rate)
+        elif request_log:
+            logging[spec.name] = (request_log, 1.0)
+    if not logging:
+        return None
+    from tfprod.monitor.server import ServerMonitor
+
+    if buffer < 1:
+        from tfprod.errors import TfprodError
+
+        raise TfprodError(f"--request_log_buffer={buffer}; expected at least 1 record")
+    monitor = ServerMonitor(logging, interval_s=interval, capacity=buffer, log=_log)
+    for name, (url, rate) in logging.items():
+        from tfprod.monitor.store import redact
+
+        _log(f"model {name}: request log {redact(url)}, sampling rate {rate:g}, drift every "
+             f"{interval:g} s")
+    return monitor
+
+
 def register(app: typer.Typer) -> None:
     """Add ``tfprod serve`` to the root app."""
 
@@ -98,6 +123,15 @@ def register(app: typer.Typer) -> None:
             "tensorflow", "--runtime", help="tensorflow, or litert: run each version's "
             "model.tflite, or its SavedModel converted at load, on the LiteRT interpreter "
             "(TensorFlow for what does not convert). models.config: model_platform."),
+        request_log: str | None = typer.Option(
+            None, "--request_log", help="Log every request here (SQLite path or postgresql:// "
+            "URL), for models without a logging_config."),
+        request_log_buffer: int = typer.Option(
+            10_000, "--request_log_buffer", help="Log records held while the store catches "
+            "up; beyond it records are dropped and counted (:tfprod:request_log:dropped)."),
+        monitoring_interval_seconds: float = typer.Option(
+            60, "--monitoring_interval_seconds",
+            help="Drift of the logged window vs the reference this often; 0: never."),
     ) -> None:
         """Serve SavedModels over TF Serving's REST and gRPC APIs (tensorflow_model_server flags).
 
@@ -123,4 +157,6 @@ def register(app: typer.Typer) -> None:
             grpc_host=grpc_host, max_body_bytes=max_body_bytes, grpc_max_threads=grpc_max_threads,
             tensorflow_intra_op_parallelism=tensorflow_intra_op_parallelism,
             tensorflow_inter_op_parallelism=tensorflow_inter_op_parallelism, runtime=runtime)
-        raise typer.Exit(run(options, log=_log))
+        raise typer.Exit(run(options, log=_log,
+                             hooks=_monitor(options, request_log, monitoring_interval_seconds,
+                                            request_log_buffer)))

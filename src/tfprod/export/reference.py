@@ -22,6 +22,10 @@ A numeric FEATURE (ints, floats, bools; images are numeric too)::
      "histogram": {"edges": [21 bin edges], "counts": [20 counts]},
      "channels": [{"mean": ..., "std": ...}, ...]}   # "image" only: per channel
 
+Beside it, ``reference_sample.npz`` keeps a uniform sample of at most ``SAMPLE_EXAMPLES`` of
+those examples (``inputs/<name>``, ``predictions/<name>``, ``labels``), what ``tfprod.monitor``
+compares served requests with.
+
 ``"image"`` is a numeric feature whose examples are ``[height, width, 1|3|4]``; its statistics
 are over pixel values. Histogram bins are equal-width over ``[min, max]`` (one bin when they are
 equal); the last bin includes ``max``.
@@ -57,6 +61,8 @@ from tfprod.export.publish import version_file
 
 FORMAT = "tfprod.reference_stats/1"
 REFERENCE_FILE = os.path.join("assets.extra", "tfprod", "reference_stats.json")
+SAMPLE_FILE = os.path.join("assets.extra", "tfprod", "reference_sample.npz")
+SAMPLE_EXAMPLES = 5000
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 BINS = 20
 TOP_VALUES = 20
@@ -184,6 +190,43 @@ def write_reference_stats(version_dir: str | os.PathLike, stats: Mapping[str, An
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(stats, f, indent=1, allow_nan=False)
+    return path
+
+
+def write_reference_sample(
+    version_dir: str | os.PathLike,
+    features: Mapping[str, np.ndarray],
+    predictions: Mapping[str, np.ndarray],
+    labels: np.ndarray | None = None,
+    *,
+    max_examples: int = SAMPLE_EXAMPLES,
+    seed: int = 0,
+) -> str:
+    """Writes a uniform sample of the reference examples to ``<version_dir>/`` SAMPLE_FILE.
+
+    Text inputs are stored as unicode arrays (the file holds no pickles).
+    """
+    n = len(next(iter(features.values()))) if features else 0
+    keep = np.arange(n)
+    if n > max_examples:
+        keep = np.sort(np.random.default_rng(seed).choice(n, max_examples, replace=False))
+
+    def storable(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)[keep]
+        if x.dtype.kind == "O":
+            flat = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+                    for v in x.ravel().tolist()]
+            return np.array(flat).reshape(x.shape)
+        return x
+
+    arrays = {f"inputs/{k}": storable(v) for k, v in features.items()}
+    arrays.update({f"predictions/{k}": storable(v) for k, v in predictions.items()})
+    if labels is not None:
+        arrays["labels"] = storable(labels)
+    path = os.path.join(os.fspath(version_dir), SAMPLE_FILE)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        np.savez_compressed(f, **arrays)
     return path
 
 

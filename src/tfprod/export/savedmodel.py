@@ -5,6 +5,7 @@
     saved_model.pb, variables/, assets/, fingerprint.pb     (tf.saved_model.save)
     assets.extra/tf_serving_warmup_requests                (with reference data)
     assets.extra/tfprod/reference_stats.json               (with reference data)
+    assets.extra/tfprod/reference_sample.npz               (with reference data)
 
 The ``serving_default`` signature takes the model's inputs by their names (``image``; a tabular
 model's column names) with the batch dimension ``None``, runs the model with ``training=False``
@@ -39,7 +40,11 @@ from tfprod.export.ragged import (
     ragged_reference,
     verify_ragged,
 )
-from tfprod.export.reference import reference_stats, write_reference_stats
+from tfprod.export.reference import (
+    reference_stats,
+    write_reference_sample,
+    write_reference_stats,
+)
 from tfprod.export.signature import (
     ServingInputs,
     check_batch_dimension,
@@ -393,4 +398,6 @@ def _write_extras(tmp: str, examples: Examples | None, predictions: Any, model_n
         files["warmup"] = path
     stats = reference_stats(examples.inputs, predictions, examples.labels)
     files["reference_stats"] = write_reference_stats(tmp, stats)
+    files["reference_sample"] = write_reference_sample(tmp, examples.inputs, predictions,
+                                                       examples.labels)
     return files, requests

@@ -66,6 +66,39 @@ def check_name(kind: str, value: str) -> str:
 
 
 @dataclass(frozen=True)
+class RequestLogConfig:
+    """Where a model's requests are logged, and which share (TF Serving's ``logging_config``).
+
+    ``log_collector_config { type: "sqlite"|"postgresql" filename_prefix: PATH_OR_URL }``
+    (type may be empty: the prefix decides), ``sampling_config { sampling_rate: 0.1 }``.
+    """
+
+    url: str
+    sampling_rate: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.url:
+            raise ConfigError("logging_config has no log_collector_config.filename_prefix; "
+                              "expected a SQLite path or a postgresql:// URL")
+        if not 0.0 < self.sampling_rate <= 1.0:
+            raise ConfigError(f"logging_config sampling_rate {self.sampling_rate}; expected a "
+                              "share in (0, 1]")
+
+
+def _logging_from_proto(name: str, c: Any) -> RequestLogConfig | None:
+    if not c.HasField("logging_config"):
+        return None
+    collector = c.logging_config.log_collector_config
+    kind = collector.type.lower()
+    if kind not in ("", "sqlite", "postgresql", "postgres"):
+        raise ConfigError(f"model {name!r}: log_collector_config type {collector.type!r}; "
+                          "expected \"sqlite\" or \"postgresql\"")
+    rate = c.logging_config.sampling_config.sampling_rate if \
+        c.logging_config.HasField("sampling_config") else 1.0
+    return RequestLogConfig(collector.filename_prefix, rate)
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """One served model: where its versions live, which of them to serve, and their labels.
 
@@ -78,6 +111,7 @@ class ModelSpec:
         platform: ``"litert"`` (models.config ``model_platform``; see :data:`RUNTIMES`), or ""
             for the server's ``--runtime``. ``model_platform: "tensorflow"``, TF Serving's only
             platform and written in most configs, reads as "".
+        logging: where its requests are logged (``logging_config``), or None.
     """
 
     name: str
@@ -85,6 +119,7 @@ class ModelSpec:
     policy: tuple = ("latest", 1)
     labels: dict[str, int] = field(default_factory=dict)
     platform: str = ""
+    logging: RequestLogConfig | None = None
 
     def __post_init__(self) -> None:
         check_name("model name", self.name)
@@ -109,7 +144,7 @@ class ModelSpec:
 
     def __hash__(self) -> int:
         return hash((self.name, self.base_path, self.policy, tuple(sorted(self.labels.items())),
-                     self.platform))
+                     self.platform, self.logging))
 
 
 def _policy_from_proto(name: str, policy: Any) -> tuple:
@@ -149,7 +184,8 @@ def specs_from_proto(config: Any) -> list[ModelSpec]:
         policy = _policy_from_proto(c.name, c.model_version_policy)
         labels = {k: int(v) for k, v in sorted(c.version_labels.items())}
         platform = "" if c.model_platform == "tensorflow" else c.model_platform
-        specs.append(ModelSpec(c.name, c.base_path, policy, labels, platform))
+        specs.append(ModelSpec(c.name, c.base_path, policy, labels, platform,
+                               _logging_from_proto(c.name, c)))
     return specs
 
 
@@ -199,7 +235,8 @@ def load_model_server_config(path: str | os.PathLike) -> list[ModelSpec]:
     specs = parse_model_server_config(text, source=str(path))
     folder = os.path.dirname(os.path.abspath(path))
     return [s if "://" in s.base_path or os.path.isabs(s.base_path) else
-            ModelSpec(s.name, os.path.join(folder, s.base_path), s.policy, s.labels, s.platform)
+            ModelSpec(s.name, os.path.join(folder, s.base_path), s.policy, s.labels, s.platform,
+                      s.logging)
             for s in specs]
 
 

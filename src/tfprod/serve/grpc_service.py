@@ -36,6 +36,7 @@ from tfprod.serve.errors import (
     unimplemented,
 )
 from tfprod.serve.examples import classification_result, examples_from_input, regression_result
+from tfprod.serve.hooks import request_id
 from tfprod.serve.tensors import from_ndarray, to_ndarray
 
 if TYPE_CHECKING:
@@ -158,12 +159,20 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 inputs = _decode_inputs(request.inputs, sig)
                 wanted = _output_filter(request.output_filter, sig)
                 expected = False  # submit ends the announcement, even when it raises
+                start = time.perf_counter()
                 outputs = servable.submit(sig.name, inputs, deadline=deadline,
                                           expected=True).result()
                 served = servable.version
         finally:
             if expected:
                 batcher.unexpect()
+        hooks = getattr(self.registry, "hooks", None)
+        if hooks is not None:  # the request log: queues and returns
+            metadata = dict(context.invocation_metadata() or ())
+            rid = request_id(metadata.get("x-request-id"))
+            context.set_trailing_metadata((("x-request-id", rid),))
+            hooks.on_predict(name, served, sig.name, inputs, outputs,
+                             time.perf_counter() - start, rid)
         response = predict_pb2.PredictResponse()
         _fill_spec(response.model_spec, name, served, sig.name)
         for key in wanted or outputs:

@@ -7,6 +7,9 @@ Routes, matched on the raw (still percent-encoded) path and case-insensitively, 
 - ``GET  /v1/models/{name}[/versions/{v} | /labels/{label}]/metadata``   signature defs
 - ``POST /v1/models/{name}[/versions/{v} | /labels/{label}]:predict``    also ``:classify``,
   ``:regress``
+- ``POST /v1/models/{name}:feedback``, ``GET /v1/models/{name}/monitor``: labels joined to
+  logged requests, and the drift of the recent window (answered by the attached
+  :mod:`~tfprod.serve.hooks`; not part of TF Serving)
 - ``GET  /v1/ready``: 200 once every configured model has an AVAILABLE version, else 503 (for
   load balancers; not part of TF Serving)
 - the monitoring path (``prometheus_config { path }``): Prometheus text.
@@ -37,6 +40,7 @@ from urllib.parse import unquote
 import orjson
 
 from tfprod.serve import examples as ex
+from tfprod.serve import hooks as hk
 from tfprod.serve import json_codec, metrics, ragged
 from tfprod.serve.errors import ServingError, deadline_exceeded, invalid_argument, not_found
 
@@ -52,6 +56,9 @@ _NAME = r"([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
 _PREDICT = re.compile(r"/v1/models/" + _NAME + r":(classify|regress|predict)", re.IGNORECASE)
 _STATUS = re.compile(r"/v1/models(?:/" + _NAME + r")?(?:/(metadata))?", re.IGNORECASE)
 _V1 = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
+_FEEDBACK = re.compile(r"/v1/models/([^/:]+):feedback", re.IGNORECASE)
+_MONITOR = re.compile(r"/v1/models/([^/:]+)/monitor", re.IGNORECASE)
+_REQUEST_ID = "tfprod.request_id"
 READY_PATH = "/v1/ready"
 _INT64_MAX = 2 ** 63 - 1
 _ROUTE_CACHE = 1024  # predict paths remembered (clients use a handful; the bound stops growth)
@@ -109,6 +116,8 @@ class RestApi:
             status, body, content_type, close = 500, json_codec.error_body(
                 f"Internal error: {type(e).__name__}: {e}"), _JSON, False
         headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
+        if _REQUEST_ID in scope:
+            headers.append((b"x-request-id", scope[_REQUEST_ID].encode("latin-1")))
         if close:
             headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -135,9 +144,19 @@ class RestApi:
                     self._predict_routes.clear()
                 self._predict_routes[raw] = route
                 return await self._infer(*route, scope, receive)
+            match = _FEEDBACK.fullmatch(path)
+            if match:
+                body = await self._read_body(scope, receive)
+                call = functools.partial(self._hooks("feedback").feedback,
+                                         _decode(match.group(1), "model name"), body)
+                return 200, await asyncio.get_running_loop().run_in_executor(None, call), _JSON
         elif method in ("GET", "HEAD") and path.lower() == READY_PATH:
             return self._ready()
         if method == "GET":
+            match = _MONITOR.fullmatch(path)
+            if match:
+                return 200, self._hooks("monitor").monitor(_decode(match.group(1),
+                                                                   "model name")), _JSON
             match = _STATUS.fullmatch(path)
             if match:
                 if match.group(1) is None:
@@ -174,6 +193,13 @@ class RestApi:
 
     # ------------------------------------------------------------------------ inference
 
+    def _hooks(self, route: str) -> Any:
+        hooks = getattr(self.registry, "hooks", None)
+        if hooks is None:
+            raise not_found(f"The {route} route needs request logging; start tfprod serve with "
+                            "--request_log=URL or a logging_config in models.config")
+        return hooks
+
     async def _infer(self, api: str, name: str, version: int | None, label: str | None,
                      scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:
         start = time.perf_counter()
@@ -205,10 +231,14 @@ class RestApi:
                 future = servable.submit_async(signature, inputs, deadline=deadline,
                                                expected=True)
                 outputs = await self._wait(future, deadline)
+                hooks = getattr(self.registry, "hooks", None)
+                if hooks is not None:  # the request log: queues and returns
+                    rid = scope[_REQUEST_ID] = hk.request_id(_header(scope, b"x-request-id"))
+                    hooks.on_predict(servable.name, servable.version,
+                                     signature or "serving_default", inputs, outputs,
+                                     time.perf_counter() - start, rid)
                 with _NO_GC:
                     result = json_codec.encode_predict(outputs, fmt)
-                # A completed predict request: model, servable.version, signature, inputs,
-                # outputs and the latency so far are all here (what a request log records).
             finally:
                 servable.release()
             return 200, result, _JSON
@@ -350,6 +380,13 @@ async def _lifespan(receive: Receive, send: Send) -> None:
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return None
 
 
 def _available(registry: Any, name: str) -> bool:

@@ -107,8 +107,10 @@ class ModelServer:
         log: where one-line events go (default: nowhere).
     """
 
-    def __init__(self, options: ServerOptions, *, log: Log | None = None):
+    def __init__(self, options: ServerOptions, *, log: Log | None = None,
+                 hooks: Any = None):
         options.check()
+        self.hooks = hooks  # tfprod.serve.hooks.ServingHooks (request log, monitoring)
         self.options = options
         self.log: Log = log or (lambda _message: None)
         self.specs = options.model_specs()
@@ -164,6 +166,9 @@ class ModelServer:
             self.log(f"batching on: max_batch_size {b.max_batch_size}, batch_timeout_micros "
                      f"{b.batch_timeout_micros}, num_batch_threads {b.num_batch_threads}, "
                      f"max_enqueued_batches {b.max_enqueued_batches}")
+        if self.hooks is not None:
+            self.registry.hooks = self.hooks
+            self.hooks.attach(self.registry, self.metrics)
         self.registry.start()
         if self.options.model_config_file:
             with open(self.options.model_config_file, encoding="utf-8") as f:
@@ -302,15 +307,20 @@ class ModelServer:
             self._rest_thread.join(grace + 5)
         if grpc_done is not None:
             grpc_done.wait(grace + 5)
+        if self.hooks is not None:
+            self.hooks.close()
         if self.registry is not None:
             self.registry.close(timeout=grace)
         gc.unfreeze()
         self.log("stopped")
 
 
-def run(options: ServerOptions, *, log: Log | None = None) -> int:
-    """Run the server until SIGTERM / SIGINT; returns the exit status (0 after a clean drain)."""
-    server = ModelServer(options, log=log)
+def run(options: ServerOptions, *, log: Log | None = None, hooks: Any = None) -> int:
+    """Run the server until SIGTERM / SIGINT; returns the exit status (0 after a clean drain).
+
+    ``hooks``: a :class:`~tfprod.serve.hooks.ServingHooks` (``tfprod serve`` attaches the
+    request log and monitoring of ``tfprod.monitor`` when configured)."""
+    server = ModelServer(options, log=log, hooks=hooks)
     stop = threading.Event()
     received: list[int] = []
 

@@ -1,0 +1,123 @@
+"""One logged request (:class:`LogRecord`), its compact tensor encoding, and TF Serving's
+``PredictionLog`` view of it.
+
+The log stores a record's inputs and outputs as one blob each (:func:`encode_tensors`): a small
+JSON header (name, dtype, shape, byte length per tensor) followed by the raw little-endian
+values; strings as length-prefixed bytes. Encoding costs a ``tobytes`` per tensor, decoding a
+``frombuffer``: cheap on the writer thread, exact in both directions. :func:`to_prediction_log`
+turns a record into the ``PredictionLog`` proto that TF Serving's request logger writes (what
+TFX tools read), with ``log_metadata`` (model spec, sampling rate, time).
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+_LEN = struct.Struct("<I")
+_BIG_ENDIAN = sys.byteorder == "big"
+
+
+@dataclass(slots=True)
+class LogRecord:
+    """A served request as the log keeps it.
+
+    Attributes:
+        request_id: the client's ``X-Request-Id`` or one the server made.
+        time: epoch seconds when the request finished.
+        model, version, signature: what served it.
+        inputs, outputs: tensor name -> array, batch dimension first.
+        latency_ms: the request's time in the server.
+        label: feedback joined by request id (None until it arrives).
+    """
+
+    request_id: str
+    time: float
+    model: str
+    version: int
+    signature: str
+    inputs: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+    latency_ms: float
+    label: Any = field(default=None)
+
+    @property
+    def rows(self) -> int:
+        first = next(iter(self.inputs.values()), None)
+        return 0 if first is None or np.ndim(first) == 0 else len(first)
+
+
+def _text_bytes(v: Any) -> bytes:
+    return v if isinstance(v, bytes) else str(v).encode("utf-8")
+
+
+def encode_tensors(tensors: dict[str, Any]) -> bytes:
+    """``{name: array}`` -> one blob (see the module docstring)."""
+    header, chunks = [], []
+    for name, value in tensors.items():
+        a = np.asarray(value)
+        if a.dtype.kind in "OSU":
+            items = [_text_bytes(v) for v in a.ravel().tolist()]
+            data = b"".join(_LEN.pack(len(x)) + x for x in items)
+            header.append([name, "string", list(a.shape), len(data)])
+        else:
+            if a.dtype.byteorder == ">" or (a.dtype.byteorder == "=" and _BIG_ENDIAN):
+                a = a.astype(a.dtype.newbyteorder("<"))
+            data = a.tobytes()  # C order, whatever the array's layout
+            header.append([name, a.dtype.str[1:], a.shape, len(data)])
+        chunks.append(data)
+    head = orjson.dumps(header)
+    return _LEN.pack(len(head)) + head + b"".join(chunks)
+
+
+def decode_tensors(blob: bytes | memoryview) -> dict[str, np.ndarray]:
+    """The inverse of :func:`encode_tensors`."""
+    blob = memoryview(blob)
+    (size,) = _LEN.unpack_from(blob, 0)
+    header = orjson.loads(bytes(blob[4:4 + size]))
+    offset = 4 + size
+    out: dict[str, np.ndarray] = {}
+    for name, dtype, shape, length in header:
+        data = blob[offset:offset + length]
+        offset += length
+        if dtype == "string":
+            items, i = [], 0
+            while i < length:
+                (n,) = _LEN.unpack_from(data, i)
+                items.append(bytes(data[i + 4:i + 4 + n]))
+                i += 4 + n
+            a = np.empty(len(items), dtype=object)
+            a[:] = items
+            out[name] = a.reshape(shape)
+        else:
+            out[name] = np.frombuffer(data, dtype=np.dtype("<" + dtype if dtype[0] in "fiuc"
+                                                            else dtype)).reshape(shape).copy()
+    return out
+
+
+def to_prediction_log(record: LogRecord, *, sampling_rate: float = 1.0) -> Any:
+    """The record as TF Serving's ``PredictionLog`` (``predict_log`` with request, response)."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from tfprod.serve.tensors import from_ndarray
+
+    log = prediction_log_pb2.PredictionLog()
+    meta = log.log_metadata
+    meta.model_spec.name = record.model
+    meta.model_spec.version.value = record.version
+    meta.model_spec.signature_name = record.signature
+    meta.sampling_config.sampling_rate = sampling_rate
+    meta.timestamp_secs = int(record.time)
+    request, response = log.predict_log.request, log.predict_log.response
+    request.model_spec.CopyFrom(meta.model_spec)
+    response.model_spec.CopyFrom(meta.model_spec)
+    for k, v in record.inputs.items():
+        from_ndarray(v, request.inputs[k])
+    for k, v in record.outputs.items():
+        from_ndarray(v, response.outputs[k])
+    return log

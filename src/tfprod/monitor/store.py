@@ -1,0 +1,291 @@
+"""Where the request log lives: SQLite (WAL) by default, PostgreSQL for several replicas.
+
+``open_store(url)``: ``sqlite:///path/log.db`` or a plain path -> :class:`SqliteStore` (WAL
+journal: readers never block the writer; nothing to start); ``postgresql://user@host:port/db``
+-> :class:`PostgresStore` (psycopg 3), which many servers can write at once.
+
+Two tables: ``request_log`` (one row per logged request: time, model, version, signature,
+request id, latency, inputs and outputs as blobs, see :mod:`tfprod.monitor.records`) and
+``feedback`` (labels that arrived later, by request id). :meth:`Store.read` joins them.
+
+Every failure to open or read is a :class:`TfprodError` naming the store, what went wrong and
+how to fix it; the URL's password is never printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from tfprod.errors import TfprodError
+from tfprod.monitor.records import LogRecord, decode_tensors, encode_tensors
+
+_COLUMNS = "request_id, time, model, version, signature, latency_ms, inputs, outputs"
+_ROWS_PER_INSERT = 500  # 4,000 parameters: under SQLite's 32,766 and PostgreSQL's 65,535
+
+
+def redact(url: str) -> str:
+    """The URL without its password."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+class Store:
+    """The operations the writer, the feedback endpoint and ``tfprod monitor`` need."""
+
+    url: str
+    blob: type = bytes
+    placeholder = "?"
+    _schema: Sequence[str] = ()
+
+    def _q(self, sql: str) -> str:
+        return sql.replace("?", self.placeholder)
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        raise NotImplementedError
+
+    def _executemany(self, sql: str, rows: list[tuple]) -> None:
+        raise NotImplementedError
+
+    def write(self, records: Iterable[LogRecord]) -> int:
+        """Insert ``records`` in one transaction; returns how many."""
+        rows = [(r.request_id, r.time, r.model, r.version, r.signature, r.latency_ms,
+                 self.blob(encode_tensors(r.inputs)), self.blob(encode_tensors(r.outputs)))
+                for r in records]
+        # Multi-row INSERTs, one statement per chunk: the database runs each without the GIL,
+        # so a batch costs one hand-over of the GIL, not one per row (with one row per
+        # statement the writer thread and the server's event loop traded the GIL thousands of
+        # times a second).
+        for start in range(0, len(rows), _ROWS_PER_INSERT):
+            chunk = rows[start:start + _ROWS_PER_INSERT]
+            values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
+            self._insert(self._q(f"INSERT INTO request_log ({_COLUMNS}) VALUES {values}"),
+                         [v for row in chunk for v in row])
+        return len(rows)
+
+    def _insert(self, sql: str, params: list[Any]) -> None:
+        raise NotImplementedError
+
+    def known_ids(self, model: str, ids: Sequence[str]) -> set[str]:
+        """The ids among ``ids`` that ``model`` has logged."""
+        found: set[str] = set()
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start:start + 500])
+            marks = ", ".join("?" * len(chunk))
+            found.update(r[0] for r in self._execute(self._q(
+                f"SELECT request_id FROM request_log WHERE model = ? AND request_id IN ({marks})"),
+                [model, *chunk]))
+        return found
+
+    def add_feedback(self, model: str, items: Sequence[tuple[str, Any]], time: float) -> int:
+        """Store ``(request_id, label)`` pairs (a later label for an id replaces the earlier)."""
+        rows = [(rid, model, json.dumps(label), time) for rid, label in items]
+        self._executemany(self._q(
+            "INSERT INTO feedback (request_id, model, label, time) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (request_id) DO UPDATE SET label = excluded.label, time = excluded.time"),
+            rows)
+        return len(rows)
+
+    def read(self, model: str | None = None, *, since: float | None = None,
+             until: float | None = None, limit: int | None = None) -> list[LogRecord]:
+        """Logged requests (oldest first) with their feedback labels joined."""
+        where, params = [], []
+        if model is not None:
+            where.append("r.model = ?")
+            params.append(model)
+        if since is not None:
+            where.append("r.time >= ?")
+            params.append(since)
+        if until is not None:
+            where.append("r.time < ?")
+            params.append(until)
+        sql = (f"SELECT r.request_id, r.time, r.model, r.version, r.signature, r.latency_ms, "
+               f"r.inputs, r.outputs, f.label FROM request_log r LEFT JOIN feedback f "
+               f"ON f.request_id = r.request_id AND f.model = r.model"
+               f"{' WHERE ' + ' AND '.join(where) if where else ''} ORDER BY r.time, r.id")
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        out = []
+        for rid, t, m, v, sig, lat, inputs, outputs, label in self._execute(self._q(sql), params):
+            out.append(LogRecord(rid, float(t), m, int(v), sig, decode_tensors(inputs),
+                                 decode_tensors(outputs), float(lat),
+                                 None if label is None else json.loads(label)))
+        return out
+
+    def count(self, model: str | None = None) -> int:
+        if model is None:
+            return int(self._execute("SELECT COUNT(*) FROM request_log")[0][0])
+        return int(self._execute(self._q("SELECT COUNT(*) FROM request_log WHERE model = ?"),
+                                 [model])[0][0])
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+_SQLITE_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS request_log (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+    "request_id TEXT NOT NULL, time REAL NOT NULL, model TEXT NOT NULL, version INTEGER, "
+    "signature TEXT, latency_ms REAL, inputs BLOB, outputs BLOB)",
+    "CREATE INDEX IF NOT EXISTS request_log_model_time ON request_log (model, time)",
+    "CREATE INDEX IF NOT EXISTS request_log_request_id ON request_log (request_id)",
+    "CREATE TABLE IF NOT EXISTS feedback (request_id TEXT PRIMARY KEY, model TEXT NOT NULL, "
+    "label TEXT NOT NULL, time REAL NOT NULL)",
+)
+
+
+class SqliteStore(Store):
+    """The log in one SQLite file, in WAL mode (several readers while one writer appends)."""
+
+    def __init__(self, path: str, *, create: bool = True):
+        self.url = f"sqlite:///{path}"
+        self.path = path
+        if not create and not os.path.exists(path):
+            raise TfprodError(f"{path}: no request log there; give the --log URL the server "
+                              "writes (--request_log or logging_config)")
+        if create:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            with self._db:
+                for statement in _SQLITE_SCHEMA:
+                    self._db.execute(statement)
+        except sqlite3.DatabaseError as e:
+            raise TfprodError(f"request log {path}: {e} (is it a corrupt or foreign file?); move "
+                              "it aside and a new log starts there; nothing in it is changed")\
+                from None
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, list(params)).fetchall()
+            except sqlite3.DatabaseError as e:
+                raise TfprodError(f"request log {self.path}: {e}") from None
+
+    def _executemany(self, sql: str, rows: list[tuple]) -> None:
+        with self._lock, self._db:
+            self._db.executemany(sql, rows)
+
+    def _insert(self, sql: str, params: list[Any]) -> None:
+        with self._lock, self._db:
+            self._db.execute(sql, params)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+_PG_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS request_log (id BIGSERIAL PRIMARY KEY, "
+    "request_id TEXT NOT NULL, time DOUBLE PRECISION NOT NULL, model TEXT NOT NULL, "
+    "version BIGINT, signature TEXT, latency_ms DOUBLE PRECISION, inputs BYTEA, outputs BYTEA)",
+    "CREATE INDEX IF NOT EXISTS request_log_model_time ON request_log (model, time)",
+    "CREATE INDEX IF NOT EXISTS request_log_request_id ON request_log (request_id)",
+    "CREATE TABLE IF NOT EXISTS feedback (request_id TEXT PRIMARY KEY, model TEXT NOT NULL, "
+    "label TEXT NOT NULL, time DOUBLE PRECISION NOT NULL)",
+)
+
+
+class PostgresStore(Store):
+    """The log in PostgreSQL (psycopg 3): one database for every server replica."""
+
+    placeholder = "%s"
+
+    def __init__(self, url: str, *, connect_timeout: float = 5.0):
+        import psycopg
+
+        self.url = url
+        self._lock = threading.Lock()
+        try:
+            self._db = psycopg.connect(url, connect_timeout=max(int(connect_timeout), 1),
+                                       autocommit=False)
+            with self._db.transaction():
+                # Replicas may create the tables at the same moment: serialize on a lock.
+                self._db.execute("SELECT pg_advisory_xact_lock(7316)")
+                for statement in _PG_SCHEMA:
+                    self._db.execute(statement)
+        except psycopg.Error as e:
+            raise TfprodError(f"request log {redact(url)}: cannot connect ({_first_line(e)}); "
+                              "check that the PostgreSQL server is running and the URL "
+                              "(host, port, database, user)") from None
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        import psycopg
+
+        with self._lock:
+            try:
+                with self._db.transaction():
+                    return self._db.execute(sql, list(params)).fetchall()
+            except psycopg.Error as e:
+                raise TfprodError(f"request log {redact(self.url)}: {_first_line(e)}") from None
+
+    def _executemany(self, sql: str, rows: list[tuple]) -> None:
+        with self._lock, self._db.transaction(), self._db.cursor() as cur:
+            cur.executemany(sql, rows)
+
+    def _insert(self, sql: str, params: list[Any]) -> None:
+        with self._lock, self._db.transaction():
+            self._db.execute(sql, params)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def open_store(url: str, *, create: bool = True) -> Store:
+    """The store at ``url`` (see the module docstring).
+
+    Args:
+        url: ``sqlite:///path``, a path, or ``postgresql://...``.
+        create: create the SQLite file if missing (readers pass False).
+
+    Raises:
+        TfprodError: an unknown scheme, a corrupt SQLite file, an unreachable PostgreSQL.
+    """
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresStore(url)
+    if url.startswith("sqlite:///"):
+        return SqliteStore(url[len("sqlite:///") - 1:] if url.startswith("sqlite:////")
+                           else url[len("sqlite:///"):], create=create)
+    if "://" in url:
+        raise TfprodError(f"request log {redact(url)}: unknown scheme; expected "
+                          "sqlite:///path/log.db, a path, or postgresql://user@host:port/db")
+    return SqliteStore(url, create=create)
+
+
+def records_to_dataset(records: Sequence[LogRecord]) -> Any:
+    """Concatenate logged requests into a :class:`~tfprod.monitor.datasets.Dataset` (one row
+    per instance; labels NaN where none arrived)."""
+    from tfprod.monitor.datasets import Dataset
+
+    if not records:
+        return Dataset({}, source="the request log")
+    features = {k: np.concatenate([r.inputs[k] for r in records]) for k in records[0].inputs
+                if all(k in r.inputs for r in records)}
+    predictions = {k: np.concatenate([r.outputs[k] for r in records]) for k in records[0].outputs
+                   if all(k in r.outputs for r in records)}
+    sizes = [r.rows for r in records]
+    times = np.repeat([r.time for r in records], sizes)
+    ids = [r.request_id if n == 1 else f"{r.request_id}/{i}"
+           for r, n in zip(records, sizes, strict=True) for i in range(n)]
+    labels = np.full(sum(sizes), np.nan)
+    i = 0
+    for r, n in zip(records, sizes, strict=True):
+        if r.label is not None:
+            value = np.asarray(r.label, dtype=np.float64).reshape(-1)
+            labels[i:i + n] = value if value.size == n else value[0]
+        i += n
+    return Dataset(features, predictions, labels, times=times, ids=ids,
+                   source="the request log")

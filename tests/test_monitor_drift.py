@@ -1,0 +1,274 @@
+"""tfprod.monitor drift: exact tests equal scipy's, planted shifts found, false alarms bounded."""
+
+import numpy as np
+import pytest
+from scipy import stats
+from scipy.spatial import distance
+
+from monitor_data import planted_table
+from tfprod.errors import TfprodError
+from tfprod.monitor import Dataset, detect_drift, render_html
+from tfprod.monitor import multivariate as mv
+from tfprod.monitor import univariate as uni
+
+# ------------------------------------------------------------------------------ equivalence
+
+
+@pytest.mark.parametrize("n,m,ties", [(300, 500, False), (1000, 1000, True), (57, 4000, True)])
+def test_ks_and_wasserstein_equal_scipy(n, m, ties):
+    rng = np.random.default_rng(n)
+    a, b = rng.standard_normal(n), rng.standard_normal(m) * 1.2 + 0.1
+    if ties:
+        a, b = np.round(a, 1), np.round(b, 1)
+    d, p, w = uni.ks_wasserstein(a, b)
+    ref = stats.ks_2samp(a, b, method="asymp")
+    assert d == pytest.approx(ref.statistic, abs=1e-12)
+    assert p == pytest.approx(ref.pvalue, rel=1e-6, abs=1e-12)
+    assert w == pytest.approx(stats.wasserstein_distance(a, b), rel=1e-9)
+
+
+def test_nan_and_inf_are_left_out():
+    a = np.array([0.0, 1.0, np.nan, 2.0, np.inf])
+    b = np.array([0.5, 1.5, -np.inf, 2.5])
+    assert uni.ks_wasserstein(a, b)[2] == pytest.approx(
+        stats.wasserstein_distance([0, 1, 2], [0.5, 1.5, 2.5]))
+
+
+def test_categorical_tests_equal_scipy():
+    rng = np.random.default_rng(0)
+    a = rng.choice(["x", "y", "z"], 500, p=[0.5, 0.3, 0.2])
+    b = rng.choice(["x", "y", "z", "w"], 400, p=[0.4, 0.3, 0.2, 0.1])
+    cats, r, c = uni.category_counts(a, b)
+    assert cats == ["w", "x", "y", "z"] and r.sum() == 500 and c.sum() == 400
+    statistic, p = uni.chi2_from_counts(r, c)
+    ref = stats.chi2_contingency(np.stack([r, c]), correction=False)
+    assert statistic == pytest.approx(ref.statistic) and p == pytest.approx(ref.pvalue)
+    assert uni.jensen_shannon_from_counts(r, c) == pytest.approx(
+        distance.jensenshannon(r / r.sum(), c / c.sum()))
+
+
+def test_benjamini_hochberg_equals_the_step_up_rule():
+    rng = np.random.default_rng(1)
+    p = np.r_[rng.uniform(size=40), rng.uniform(0, 1e-3, size=10), [np.nan]]
+    adjusted = uni.benjamini_hochberg(p)
+    assert np.isnan(adjusted[-1])
+    q = p[:-1]
+    m = q.size
+    for fdr in (0.01, 0.05, 0.2):
+        ranked = np.sort(q)
+        passing = [k for k in range(1, m + 1) if ranked[k - 1] <= k / m * fdr]
+        cutoff = ranked[max(passing) - 1] if passing else -1.0
+        assert set(np.flatnonzero(q <= cutoff)) == set(np.flatnonzero(adjusted[:-1] <= fdr))
+
+
+def test_ks_p_values_are_uniform_without_drift():
+    rng = np.random.default_rng(2)
+    p = [uni.ks_wasserstein(rng.standard_normal(400), rng.standard_normal(600))[1]
+         for _ in range(600)]
+    assert 0.025 <= np.mean(np.array(p) < 0.05) <= 0.075
+
+
+# ------------------------------------------------------------------------------ planted shifts
+
+
+def _tables(n=3000, seed=0, **shift):
+    rng = np.random.default_rng(seed)
+    return planted_table(rng, n), planted_table(rng, n, **shift)
+
+
+def test_planted_mean_variance_and_category_shifts_are_found_exactly():
+    ref, cur = _tables(mean_shift=True, variance=True, categorical=True)
+    report = detect_drift(ref, cur, multivariate="none")
+    assert len(report.features) == 50
+    assert sorted(report.drifted) == ["color", "f0", "f1", "f2", "scale"]
+    assert report.dataset_drift and report.exit_status == 1
+    by = {f.name: f for f in report.features}
+    assert by["f0"].test == "wasserstein" and 0.12 < by["f0"].score < 0.3
+    assert by["color"].test == "jensen_shannon" and by["count"].kind == "categorical"
+    assert report.ranked()[0].drift
+
+
+def test_small_samples_use_p_value_tests():
+    ref, cur = _tables(n=800, mean_shift=True)
+    for name in ("f0", "f1", "f2"):
+        cur[name] += 0.3  # KS at 800 rows a side: a 0.5 std shift, reliably
+    report = detect_drift(ref, cur, multivariate="none")
+    by = {f.name: f for f in report.features}
+    assert by["f0"].test == "ks" and by["color"].test == "chi2"
+    assert sorted(report.drifted) == ["f0", "f1", "f2"]
+
+
+def test_rotation_is_found_only_by_the_multivariate_test():
+    ref, cur = _tables(rotation=True)
+    report = detect_drift(ref, cur)
+    assert report.drifted == []
+    m = report.multivariate
+    assert m["test"] == "domain_classifier" and m["drift"] and m["score"] > 0.6
+    lo, hi = m["interval"]
+    assert lo < m["score"] < hi
+    assert report.dataset_drift
+
+
+def test_no_drift_between_two_samples_of_one_distribution():
+    ref, cur = _tables(seed=5)
+    report = detect_drift(ref, cur)
+    assert not report.dataset_drift and report.exit_status == 0
+    assert 0.4 < report.multivariate["score"] < 0.55
+
+
+@pytest.mark.slow
+def test_false_alarm_rate_over_100_no_drift_repeats_is_at_most_5_percent():
+    rng = np.random.default_rng(123)
+    alarms = 0
+    for k in range(100):
+        report = detect_drift(planted_table(rng, 1500), planted_table(rng, 1500), seed=k,
+                              workers=1)
+        alarms += report.dataset_drift
+    assert alarms <= 5
+
+
+def test_bootstrap_auc_of_the_full_sample_equals_the_rank_auc():
+    rng = np.random.default_rng(8)
+    labels = rng.integers(0, 2, 500)
+    scores = np.round(rng.standard_normal(500) + labels, 1)  # with ties
+    direct = mv.auc(labels, scores)
+    assert direct == pytest.approx(
+        stats.mannwhitneyu(scores[labels == 1], scores[labels == 0]).statistic /
+        (labels.sum() * (500 - labels.sum())))
+    boots = mv._bootstrap_auc(labels, scores, 300, rng)
+    assert abs(np.mean(boots) - direct) < 0.01 and 0.005 < np.std(boots) < 0.05
+
+
+def test_mmd_finds_a_shift_in_embeddings_and_not_noise():
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((300, 16)), rng.standard_normal((300, 16))
+    assert mv.mmd(a, b, permutations=100).p_value > 0.05
+    shifted = mv.mmd(a, b + 0.4, permutations=100)
+    assert shifted.p_value < 0.02 and shifted.score > 0
+    # The permutation statistic equals the direct unbiased estimate.
+    k = np.exp(-((a[:, None] - a[None]) ** 2).sum(-1) / 16.0)
+    assert k.shape == (300, 300)
+
+
+def test_images_are_compared_on_embeddings_with_mmd():
+    rng = np.random.default_rng(4)
+    images = rng.integers(0, 255, (400, 8, 8, 1)).astype(np.float32)
+    ref = Dataset({"image": images[:200]}, embeddings=rng.standard_normal((200, 8)))
+    cur = Dataset({"image": np.clip(images[200:] * 1.3, 0, 255)},
+                  embeddings=rng.standard_normal((200, 8)) + 0.5)
+    report = detect_drift(ref, cur)
+    assert [f.name for f in report.features] == ["image:mean", "image:std"]
+    assert report.multivariate["test"] == "mmd" and report.multivariate["drift"]
+    assert "image:mean" in report.drifted
+
+
+def test_prediction_drift_and_confidence_based_accuracy_estimate():
+    rng = np.random.default_rng(6)
+
+    def classifier(n, hard):
+        logits = rng.standard_normal((n, 3)) * (0.7 if hard else 3.0)
+        probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        # labels drawn from the probabilities: the model is calibrated
+        labels = np.array([rng.choice(3, p=p) for p in probs])
+        return probs, labels
+
+    rp, rl = classifier(3000, hard=False)
+    cp, cl = classifier(3000, hard=True)
+    ref = Dataset({"x": rng.standard_normal(3000)}, {"probabilities": rp}, rl)
+    cur = Dataset({"x": rng.standard_normal(3000)}, {"probabilities": cp})
+    report = detect_drift(ref, cur)
+    assert report.prediction_drift["probabilities:confidence"]["drift"]
+    perf = report.performance
+    actual = float(np.mean(cp.argmax(1) == cl))
+    assert abs(perf["estimated_accuracy"] - actual) <= max(perf["estimated_accuracy_error"], 0.03)
+    assert perf["reference_accuracy"] > actual + 0.2
+    cur.labels = cl.astype(float)
+    cur.labels[::2] = np.nan  # half the labels have not arrived
+    labeled = detect_drift(ref, cur).performance
+    assert labeled["labeled"] == 1500
+    assert labeled["accuracy"] == pytest.approx(np.mean(cp[1::2].argmax(1) == cl[1::2]))
+
+
+# ------------------------------------------------------------------------------ reports
+
+
+def test_json_has_the_documented_fields_and_html_stays_small():
+    ref, cur = _tables(n=20_000, mean_shift=True)
+    report = detect_drift(ref, cur)
+    doc = report.to_json()
+    assert {"dataset_drift", "share_drifted", "multivariate", "validation",
+            "prediction_drift", "features"} <= doc.keys()
+    assert set(doc["multivariate"]) >= {"test", "score", "drift"}
+    first = doc["features"][0]
+    assert set(first) >= {"name", "kind", "test", "score", "p_value", "drift"}
+    assert doc["share_drifted"] == pytest.approx(3 / 50)
+    page = render_html(report)
+    assert page.index("DRIFT") < page.index("<h2>Features")  # the summary comes first
+    assert page.count("data:image/png;base64,") == 12
+    assert len(page) < 250_000  # 20,000 rows a side, no raw data embedded
+
+
+def test_validation_issues_name_the_offending_rows():
+    rng = np.random.default_rng(7)
+    ref = {"x": rng.uniform(0, 1, 500), "color": rng.choice(["a", "b"], 500).astype(object)}
+    cur = {"x": np.r_[rng.uniform(0, 1, 95), [np.nan, 5.0, 7.0, -1.0, 2.0]],
+           "color": np.r_[["a"] * 98, ["purple", "purple"]].astype(object)}
+    report = detect_drift(ref, Dataset(cur, ids=[f"r{i}" for i in range(100)]))
+    by = {(v["feature"], v["check"]): v for v in report.validation}
+    assert by[("x", "nan")]["examples"] == ["r95"] and by[("x", "nan")]["severity"] == "error"
+    assert by[("x", "out_of_range")]["count"] == 4
+    assert by[("x", "out_of_range")]["examples"] == ["r96", "r97", "r98", "r99"]
+    assert by[("color", "unseen_category")]["count"] == 2
+    assert report.exit_status == 1
+
+
+def test_wrong_dtype_and_shape_are_validation_errors():
+    from tfprod.monitor import Schema
+
+    schema = Schema.infer({"x": np.zeros((10, 3), np.float32), "t": np.array(["a"] * 10, object)})
+    issues = schema.validate({"x": np.zeros((4, 2), np.float32), "t": np.zeros(4),
+                              "z": np.zeros(4)})
+    checks = {(i["feature"], i["check"]) for i in issues}
+    assert checks == {("x", "shape"), ("t", "dtype"), ("z", "extra_feature")}
+    assert all(i["severity"] == "error" for i in issues)
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+def test_different_features_get_one_line():
+    with pytest.raises(TfprodError, match=r"missing b; extra c"):
+        detect_drift({"a": np.zeros(5), "b": np.zeros(5)}, {"a": np.zeros(5), "c": np.zeros(5)})
+
+
+def test_an_empty_window_gets_one_line():
+    with pytest.raises(TfprodError, match="no rows to compare"):
+        detect_drift({"a": np.zeros(5)}, {"a": np.zeros(0)})
+
+
+def test_bad_options_get_one_line():
+    with pytest.raises(TfprodError, match="numeric_test='t'; expected auto or one of ks"):
+        detect_drift({"a": np.zeros(5)}, {"a": np.zeros(5)}, numeric_test="t")
+    with pytest.raises(TfprodError, match="fdr=2"):
+        detect_drift({"a": np.zeros(5)}, {"a": np.zeros(5)}, fdr=2)
+
+
+def test_skew_comparators():
+    from tfprod.monitor import feature_skew, prediction_skew
+
+    rng = np.random.default_rng(9)
+    train = {"x": rng.standard_normal(2000), "c": rng.choice(["a", "b"], 2000).astype(object)}
+    served = {"x": rng.standard_normal(2000) * 2 + 1,  # a different scaling at serving time
+              "c": rng.choice(["a", "b"], 2000, p=[0.9, 0.1]).astype(object)}
+    by = {s["name"]: s for s in feature_skew(train, served)}
+    assert by["x"]["measure"] == "jensen_shannon" and by["x"]["skew"]
+    assert by["c"]["measure"] == "l_infinity" and by["c"]["score"] == pytest.approx(0.4, abs=0.04)
+    same = feature_skew(train, {k: v[::-1].copy() for k, v in train.items()})
+    assert not any(s["skew"] for s in same) and all(s["score"] < 1e-9 for s in same)
+    probs = rng.dirichlet([1, 1, 1], 100)
+    flipped = probs.copy()
+    flipped[:5] = flipped[:5, ::-1]
+    out = prediction_skew({"p": probs}, {"p": flipped})
+    assert out["p"]["skew"] and out["p"]["class_flips"] == pytest.approx(
+        np.mean(probs.argmax(1) != flipped.argmax(1)))
+    assert not prediction_skew({"p": probs}, {"p": probs + 1e-6})["p"]["skew"]
