@@ -4,17 +4,15 @@ import glob
 import io
 import os
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
+from rich.console import Console
 
-keras = pytest.importorskip("keras")
-tf = pytest.importorskip("tensorflow")
-
-from rich.console import Console  # noqa: E402
-
-from tfprod.errors import TfprodError  # noqa: E402
-from tfprod.models.gan import make_discriminator, make_generator  # noqa: E402
-from tfprod.train.gan import (  # noqa: E402
+from tfprod.errors import TfprodError
+from tfprod.models.gan import make_discriminator, make_generator
+from tfprod.train.gan import (
     GRID_COLUMNS,
     GRID_PAD,
     GANTrainer,
