@@ -11,10 +11,10 @@ import pytest
 TFPROD = shutil.which("tfprod", path=os.path.dirname(sys.executable)) or "tfprod"
 
 
-def run(*args, timeout=300):
-    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+def run(*args, timeout=300, env=None):
+    base = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     return subprocess.run([TFPROD, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**env, "COLUMNS": "160"})
+                          env={**base, "COLUMNS": "160", **(env or {})})
 
 
 def test_help_lists_every_verb_with_one_line():

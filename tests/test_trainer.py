@@ -299,3 +299,22 @@ def test_split_cpu_makes_logical_devices_and_refuses_a_late_change():
         "error: cannot split the CPU into 2 devices: TensorFlow already initialized 3; choose "
         "the strategy before building any model",
         "error: num_devices=0; expected a positive integer"]
+
+
+def test_resume_draws_the_same_dropout_masks_as_an_uninterrupted_run(tmp_path):
+    """The checkpoint carries the Dropout layers' generator state: epoch 1, then a resumed
+    epoch 2, ends on the weights of two epochs in one run."""
+    def run(epochs, ckpt, resume):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+                                  keras.layers.Dropout(0.5), keras.layers.Dense(2)])
+        model.compile(optimizer=keras.optimizers.Adam(0.01),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        Trainer(model, checkpoint_dir=ckpt).fit(_dataset(), epochs=epochs, resume=resume)
+        return model.get_weights()
+
+    run(1, str(tmp_path / "a"), False)
+    resumed = run(2, str(tmp_path / "a"), True)
+    straight = run(2, str(tmp_path / "b"), False)
+    for a, b in zip(resumed, straight, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -48,6 +48,7 @@ def fit_parameter_server(
                               "repeated on every worker)")
         steps_per_epoch = n
     coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
+    trainer.worker_steps = {}
     model = trainer.model
     sample = next(iter(dataset.take(1)))
     with strategy.scope():
@@ -77,7 +78,9 @@ def fit_parameter_server(
 
     @tf.function
     def worker_step(it):
-        return strategy.run(replica_step, args=(next(it),))
+        loss = strategy.run(replica_step, args=(next(it),))
+        # Which worker ran the step: a constant traced into each worker's copy of the function.
+        return loss, tf.distribute.coordinator.experimental_get_current_worker_index()
 
     cbs = keras.callbacks.CallbackList(list(callbacks), add_history=True, model=model,
                                        epochs=epochs, steps=steps_per_epoch, verbose=0)
@@ -90,7 +93,10 @@ def fit_parameter_server(
         results = [coordinator.schedule(worker_step, args=(iterator,))
                    for _ in range(steps_per_epoch)]
         coordinator.join()
-        losses = [float(r.fetch()) for r in results]
+        fetched = [r.fetch() for r in results]
+        losses = [float(loss) for loss, _ in fetched]
+        for _, worker in fetched:
+            trainer.worker_steps[int(worker)] = trainer.worker_steps.get(int(worker), 0) + 1
         logs = {"loss": sum(losses) / len(losses), **trainer._metric_results()}
         if validation_data is not None:
             logs.update(evaluate_on_coordinator(trainer, validation_data, prefix="val_"))
