@@ -311,6 +311,29 @@ def test_readiness_and_prometheus_metrics(client):
     assert 'model_name="nope"' not in text  # unknown names do not grow the metrics
 
 
+def test_prometheus_counts_move_by_exactly_the_requests_sent(client):
+    from prometheus_text import delta, samples
+
+    before = samples(client.get(MONITORING_PATH).text)
+    for _ in range(5):
+        assert post(client, ECHO, {"instances": [[1]]}).status_code == 200
+    for _ in range(3):
+        assert post(client, "/v1/models/echo/versions/7:predict",
+                    {"instances": [[1]]}).status_code == 404
+    for _ in range(2):
+        assert post(client, ECHO, b"{not json").status_code == 400
+    after = samples(client.get(MONITORING_PATH).text)
+    count = ":tensorflow:serving:request_count"
+    assert delta(before, after, count, model_name="echo", status="OK") == 5
+    assert delta(before, after, count, model_name="echo", status="NOT_FOUND") == 3
+    assert delta(before, after, count, model_name="echo", status="INVALID_ARGUMENT") == 2
+    assert delta(before, after, ":tensorflow:serving:request_latency_count",
+                 model_name="echo", API="predict", entrypoint="REST") == 10
+    # The model itself ran for the five good requests only.
+    assert delta(before, after, ":tensorflow:serving:runtime_latency_count",
+                 model_name="echo", API="predict", runtime="TF2") == 5
+
+
 def test_not_ready_is_503(tmp_path):
     empty = tmp_path / "ghost"
     empty.mkdir()
