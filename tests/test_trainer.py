@@ -318,3 +318,22 @@ def test_resume_draws_the_same_dropout_masks_as_an_uninterrupted_run(tmp_path):
     straight = run(2, str(tmp_path / "b"), False)
     for a, b in zip(resumed, straight, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def _nodes(graph_def):
+    """Every node of a graph and of the functions in its library."""
+    yield from graph_def.node
+    for fn in graph_def.library.function:
+        yield from fn.node_def
+
+
+def test_accumulation_runs_one_micro_batch_at_a_time():
+    """The micro-batch loop is a while loop with parallel_iterations=1: TF would otherwise run
+    up to 10 iterations at once and hold their activations together, which is the memory
+    accumulation exists to save."""
+    x, y = _data(128)
+    trainer = Trainer(lambda: _model(keras.optimizers.SGD(0.3)), accumulation_steps=4)
+    trainer.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(32), epochs=1)
+    (step,) = trainer._train_step._list_all_concrete_functions()
+    loops = [n for n in _nodes(step.graph.as_graph_def()) if n.op in ("While", "StatelessWhile")]
+    assert loops and {n.attr["parallel_iterations"].i for n in loops} == {1}
