@@ -76,6 +76,7 @@ def test_train_resume_continues_from_the_checkpoint(tmp_path, digits_dirs):
     assert second["history"]["loss"][0] < 0.5 * first["history"]["loss"][0]
 
 
+@pytest.mark.slow
 def test_train_flags_reach_the_training_step(tmp_path, digits_dirs):
     """--strategy mirrored, --accumulate, --clip-norm, --mixed-precision and --jit at once,
     each checked by its effect."""
