@@ -163,7 +163,8 @@ def test_profile_and_bench_step(tmp_path):
         "    return m\n")
     r = run("profile", "--model", "heavy:build", "--data", str(tmp_path / "d" / "train"),
             "--steps", "5", "--logdir", str(tmp_path / "prof"), "--json",
-            str(tmp_path / "p.json"), env={"PYTHONPATH": str(tmp_path)})
+            str(tmp_path / "p.json"),
+            env={"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])})
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "p.json").read_text())
     assert report["verdict"] == "compute-bound", report
