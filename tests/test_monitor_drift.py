@@ -272,3 +272,38 @@ def test_skew_comparators():
     assert out["p"]["skew"] and out["p"]["class_flips"] == pytest.approx(
         np.mean(probs.argmax(1) != flipped.argmax(1)))
     assert not prediction_skew({"p": probs}, {"p": probs + 1e-6})["p"]["skew"]
+
+
+def test_skew_report_ranks_thresholds_and_exit_status():
+    """What `tfprod monitor skew` prints and returns: the planted features, worst first."""
+    from tfprod.monitor import skew_report
+
+    rng = np.random.default_rng(10)
+    train = planted_table(rng, 3000)
+    served = planted_table(rng, 3000, categorical=True, variance=True)
+    served["f7"] = served["f7"] * 3 + 2  # a unit change in one feature at serving time
+    report = skew_report(train, served)
+    assert sorted(report.skewed) == ["color", "f7", "scale"] and report.exit_status == 1
+    # score / threshold, worst first: f7 0.48, scale 0.18 (std x1.5), color 0.15 (l-infinity)
+    assert [r[0] for r in report.rows()[:3]] == ["f7", "scale", "color"]
+    assert report.rows()[2][-1] == "SKEW" and report.rows()[3][-1] == "-"
+    doc = report.to_json()
+    assert doc["skew"] and doc["predictions"] is None and doc["training_rows"] == 3000
+    by = {f["name"]: f for f in doc["features"]}
+    assert by["color"]["measure"] == "l_infinity" and by["f7"]["measure"] == "jensen_shannon"
+    assert by["f7"]["score"] > 0.4 and by["color"]["score"] == pytest.approx(0.15, abs=0.03)
+    assert skew_report(train, served, jensen_shannon=0.3, l_infinity=0.5).skewed == ["f7"]
+    clean = skew_report(train, planted_table(rng, 3000))
+    assert not clean.skew and clean.exit_status == 0 and clean.summary().startswith("no skew")
+    probs = rng.dirichlet([1, 1, 1], 50)
+    agree = skew_report(train, served, served_predictions={"p": probs},
+                        training_predictions={"p": probs + 1e-6})
+    assert agree.predictions["p"]["skew"] is False and "predictions agree" in agree.summary()
+    with pytest.raises(TfprodError, match="the serving data has no rows"):
+        skew_report(train, {k: v[:0] for k, v in train.items()})
+    with pytest.raises(TfprodError, match="share no name"):
+        skew_report(train, served, served_predictions={"p": probs},
+                    training_predictions={"q": probs})
+    with pytest.raises(TfprodError, match=r"output 'p': served shape \(50, 3\)"):
+        skew_report(train, served, served_predictions={"p": probs},
+                    training_predictions={"p": probs[:10]})

@@ -27,7 +27,8 @@ def _data(rng, n, shift=0.0):
 
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory):
-    """A 4 -> 16 -> 3 classifier exported with a reference sample and an embedding endpoint."""
+    """A 4 -> 16 -> 3 classifier exported with a reference sample and an embedding endpoint;
+    the Keras model beside the base path (``tiny.keras``)."""
     import keras
 
     from tfprod.export import export_saved_model
@@ -45,6 +46,7 @@ def tiny_base(tmp_path_factory):
     base = tmp_path_factory.mktemp("tiny") / "tiny"
     export_saved_model(model, base, reference_data=(x, y), warmup=1,
                        extra_endpoints={"embedding": embed})
+    model.save(base.parent / "tiny.keras")
     return base
 
 
@@ -250,3 +252,40 @@ def test_logging_config_in_models_config():
         parse_model_server_config(text % ("kafka", "x", "1"))
     with pytest.raises(ConfigError, match="sampling_rate 1.5"):
         parse_model_server_config(text % ("", "/x.db", "1.5"))
+
+
+def test_monitor_skew_runs_the_same_examples_through_both_paths(tiny_base, tmp_path):
+    """Logged requests vs the training pipeline (the .keras model) on the same inputs: a log
+    whose outputs came from a server scaling its inputs differently is skew, an honest one is
+    not; the features of both logs are compared with the export's reference sample."""
+    import keras
+
+    from tfprod.monitor.records import LogRecord
+    from tfprod.monitor.store import SqliteStore
+
+    net = keras.saving.load_model(tiny_base.parent / "tiny.keras")
+    x, _ = _data(np.random.default_rng(5), 2000)
+    for name, served in [("honest", x), ("skewed", x * 0.5)]:
+        store = SqliteStore(str(tmp_path / f"{name}.db"))
+        out = net.predict(served, verbose=0)
+        store.write([LogRecord(f"{name}{i}", 1.0 + i, "tiny", 1, "serving_default",
+                               {"x": x[i:i + 100]}, {"probabilities": out[i:i + 100]}, 1.0)
+                     for i in range(0, len(x), 100)])
+        store.close()
+    runs = {name: subprocess.run(
+        [TFPROD, "monitor", "skew", str(tiny_base), str(tmp_path / f"{name}.db"), "--keras",
+         str(tiny_base.parent / "tiny.keras"), "--json", str(tmp_path / f"{name}.json")],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "100"})
+        for name in ("honest", "skewed")}
+    assert runs["honest"].returncode == 0, runs["honest"].stdout + runs["honest"].stderr
+    honest = json.loads((tmp_path / "honest.json").read_text())
+    assert honest["serving_rows"] == 2000 and not honest["skewed"]
+    assert honest["predictions"]["probabilities"]["max_abs_diff"] < 1e-4
+    assert honest["predictions"]["probabilities"]["class_flips"] == 0
+    assert runs["skewed"].returncode == 1, runs["skewed"].stderr
+    skewed = json.loads((tmp_path / "skewed.json").read_text())
+    expected_flips = np.mean(net.predict(x, verbose=0).argmax(1)
+                             != net.predict(x * 0.5, verbose=0).argmax(1))
+    assert skewed["predictions"]["probabilities"]["skew"] and not skewed["skewed"]
+    assert skewed["predictions"]["probabilities"]["class_flips"] == pytest.approx(expected_flips)
+    assert "served vs training pipeline" in runs["skewed"].stdout
