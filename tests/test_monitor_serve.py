@@ -289,3 +289,59 @@ def test_monitor_skew_runs_the_same_examples_through_both_paths(tiny_base, tmp_p
     assert skewed["predictions"]["probabilities"]["skew"] and not skewed["skewed"]
     assert skewed["predictions"]["probabilities"]["class_flips"] == pytest.approx(expected_flips)
     assert "served vs training pipeline" in runs["skewed"].stdout
+
+
+def test_export_keeps_the_reference_embeddings_and_drift_uses_them(tiny_base, tmp_path):
+    """The sample's embeddings are the model's penultimate layer on the sampled rows, written
+    at export; drift reads them instead of recomputing (planted: a copy whose stored
+    embeddings are moved is found as joint drift against unchanged data)."""
+    import shutil
+
+    import keras
+
+    from tfprod.monitor import Dataset, detect_drift, load_dataset
+    from tfprod.monitor.model import ExportedModel, penultimate, with_model_outputs
+
+    version = tiny_base / "1"
+    ref = load_dataset(version)
+    net = keras.saving.load_model(tiny_base.parent / "tiny.keras")
+    hidden = penultimate(net)
+    assert hidden.output.shape == (None, 16) and ref.embeddings.shape == (ref.rows, 16)
+    np.testing.assert_allclose(ref.embeddings, hidden.predict(ref.features["x"], verbose=0),
+                               rtol=1e-5, atol=1e-5)
+    moved = tmp_path / "moved" / "1"
+    shutil.copytree(version, moved)
+    sample = moved / "assets.extra" / "tfprod" / "reference_sample.npz"
+    with np.load(sample) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["embeddings"] = arrays["embeddings"] + 3.0
+    np.savez_compressed(sample, **arrays)
+    x, _ = _data(np.random.default_rng(6), 400)
+    reports = {}
+    for name, folder in (("stored", version), ("moved", moved)):
+        reference, current = load_dataset(folder), Dataset({"x": x})
+        with_model_outputs(ExportedModel(str(folder)), reference, current)
+        reports[name] = detect_drift(reference, current)
+    assert reports["stored"].multivariate["test"] == "mmd"
+    assert not reports["stored"].multivariate["drift"]
+    assert reports["moved"].multivariate["drift"]  # the stored, moved embeddings were used
+
+
+def test_penultimate_finds_the_head_input_past_weightless_layers():
+    import keras
+
+    from tfprod.data.task import infer_task
+    from tfprod.errors import TfprodError
+    from tfprod.export.embedding import has_image_input
+    from tfprod.export.embedding import penultimate as find
+    from tfprod.models import small_cnn
+    from tfprod.monitor.model import penultimate
+
+    task = infer_task(np.array([0, 1, 2, 1]))
+    cnn = small_cnn((8, 8, 1), task=task, dense=12)  # Dense(12) -> class_scores -> Target
+    assert penultimate(cnn).output.shape == (None, 12) and has_image_input(cnn)
+    inputs = keras.Input((4,))
+    two = keras.Model(inputs, [keras.layers.Dense(2)(inputs), keras.layers.Dense(3)(inputs)])
+    assert find(two) is None and not has_image_input(two)
+    with pytest.raises(TfprodError, match="no penultimate"):
+        penultimate(two)

@@ -146,7 +146,8 @@ def register(app: typer.Typer) -> None:
 
         exported = ExportedModel(version)
         if exported.has_embedding:
-            ref.embeddings = exported.embeddings(ref.features)
+            if ref.embeddings is None:  # exported before the sample kept its embeddings
+                ref.embeddings = exported.embeddings(ref.features)
             cur.embeddings = exported.embeddings(cur.features)
         result = detect_drift(ref, cur, fdr=fdr)
         _print(result, f"model {name}, last {since} ({cur.rows} rows) vs version "
