@@ -307,3 +307,52 @@ def test_skew_report_ranks_thresholds_and_exit_status():
     with pytest.raises(TfprodError, match=r"output 'p': served shape \(50, 3\)"):
         skew_report(train, served, served_predictions={"p": probs},
                     training_predictions={"p": probs[:10]})
+
+
+def test_binned_path_equals_the_exact_one_within_its_bounds(monkeypatch):
+    """Large samples are compared on fine histograms (linear time): KS and Wasserstein within
+    the stated bounds of the exact merge, the same decisions; atoms fall back to exact."""
+    from tfprod.monitor import drift as dr
+
+    rng = np.random.default_rng(11)
+    n = 300_000
+    a = rng.standard_normal(n).astype(np.float32)
+    b = (rng.standard_normal(n) * 1.02 + 0.15).astype(np.float32)
+    d, p, w = uni.ks_wasserstein(a, b)
+    binned = uni.binned_cdfs(a, b)
+    assert d - binned.ks_error <= binned.ks <= d + 1e-12
+    assert abs(binned.wasserstein - w) <= binned.wasserstein_error
+    assert uni.binned_is_tight(binned, n, n, float(np.std(a)))
+    assert binned.quantile("current", 0.5) == pytest.approx(np.median(b), abs=1e-3)
+    exact = dr._numeric("x", "wasserstein", a, b)
+    monkeypatch.setattr(uni, "EXACT_MAX_ROWS", 10_000)
+    calls, binned_numeric = [], dr._numeric_binned
+    monkeypatch.setattr(dr, "_numeric_binned", lambda *args: calls.append(1) or
+                        binned_numeric(*args))
+    fast = dr._numeric("x", "wasserstein", a, b)
+    assert calls == [1]
+    assert fast.score == pytest.approx(exact.score, abs=uni.BINNED_MAX_W_ERROR)
+    assert fast.p_value == pytest.approx(exact.p_value, abs=1e-12)  # both ~0: a real shift
+    assert fast.reference_mean == pytest.approx(exact.reference_mean, rel=1e-4)
+    same = rng.standard_normal(n).astype(np.float32)  # no shift: a p-value in the middle
+    fast_same = dr._numeric("x", "ks", a, same)
+    monkeypatch.setattr(uni, "EXACT_MAX_ROWS", 10**9)
+    exact_same = dr._numeric("x", "ks", a, same)
+    monkeypatch.setattr(uni, "EXACT_MAX_ROWS", 10_000)
+    assert exact_same.p_value > 0.01 and fast_same.p_value == pytest.approx(
+        exact_same.p_value, abs=0.05)
+    # Atoms (small integers): a bin holds a large mass, the bound is loose: exact instead.
+    calls.clear()
+    ints = dr._numeric("k", "wasserstein", rng.poisson(3, n).astype(np.float64),
+                       rng.poisson(3, n).astype(np.float64))
+    assert not calls and ints.score < 0.02
+    # The planted table found the same, binned (every column above the limit) and exact.
+    monkeypatch.setattr(uni, "EXACT_MAX_ROWS", 1000)
+    ref, cur = planted_table(rng, 20_000), planted_table(rng, 20_000, mean_shift=True,
+                                                         variance=True)
+    binned_report = detect_drift(ref, cur, multivariate="none")
+    assert calls  # the continuous columns went the binned way
+    monkeypatch.setattr(uni, "EXACT_MAX_ROWS", 10**9)
+    exact_report = detect_drift(ref, cur, multivariate="none")
+    assert binned_report.drifted == exact_report.drifted
+    assert set(binned_report.drifted) >= {"f0", "f1", "f2", "scale"}
