@@ -76,13 +76,12 @@ def _numeric_binned(column: str, test: str, a: np.ndarray, b: np.ndarray, std: f
     lo, hi = binned.quantile("reference", 0.001), binned.quantile("reference", 0.999)
     median = binned.quantile("current", 0.5)
     lo, hi = min(lo, median), max(hi, median)
-    hi = hi if hi > lo else lo + 1.0
-    ref = np.histogram(a, HIST_BINS, range=(lo, hi))[0] / a.size
-    cur = np.histogram(b, HIST_BINS, range=(lo, hi))[0] / b.size
+    edges = np.linspace(lo, hi if hi > lo else lo + 1.0, HIST_BINS + 1)
     return FeatureDrift(column, "numeric", test, score, p,
                         threshold=uni.THRESHOLDS.get(test), reference_mean=float(a.mean()),
                         current_mean=float(b.mean()),
-                        histogram=(np.linspace(lo, hi, HIST_BINS + 1), ref, cur))
+                        histogram=(edges, binned.shares("reference", edges),
+                                   binned.shares("current", edges)))
 
 
 def _categorical(column: str, test: str, a: np.ndarray, b: np.ndarray) -> FeatureDrift:
