@@ -25,7 +25,11 @@ _BATCH = 256
 def penultimate(model: keras.Model) -> keras.Model | None:
     """A model from ``model``'s inputs to its embedding, or None when it has no such vector
     (several outputs, a head over several tensors, an embedding that is not ``[batch, d]``)."""
-    if len(model.outputs) != 1:
+    try:  # a subclassed model has no graph of layers to walk
+        inputs, outputs = model.inputs, model.outputs
+    except (AttributeError, ValueError):
+        return None
+    if not inputs or not outputs or len(outputs) != 1:
         return None
     for layer in reversed(model.layers):
         if not layer.trainable_weights:
@@ -37,13 +41,17 @@ def penultimate(model: keras.Model) -> keras.Model | None:
         if isinstance(tensor, (list, tuple, dict)) or len(tensor.shape) != 2 \
                 or not tensor.shape[1] or tensor.shape[1] < 2:
             return None
-        return keras.Model(model.inputs, tensor, name=EMBEDDING)
+        return keras.Model(inputs, tensor, name=EMBEDDING)
     return None
 
 
 def has_image_input(model: keras.Model) -> bool:
     """Whether an input is an image (``[batch, height, width, 1|3|4]``)."""
-    return any(len(t.shape) == 4 and t.shape[-1] in (1, 3, 4) for t in model.inputs)
+    try:
+        inputs = model.inputs or []
+    except (AttributeError, ValueError):  # a subclassed model
+        return False
+    return any(len(t.shape) == 4 and t.shape[-1] in (1, 3, 4) for t in inputs)
 
 
 def signature_embedder(loaded: Any) -> Callable[[Mapping[str, np.ndarray]], np.ndarray] | None:
