@@ -30,7 +30,7 @@ def test_help_lists_every_verb_with_one_line():
 @pytest.mark.parametrize("verb", [["quickstart"], ["data", "sample"], ["data", "inspect"],
                                   ["data", "bench"], ["train"], ["profile"], ["bench", "step"],
                                   ["doctor"], ["monitor", "drift"], ["monitor", "report"],
-                                  ["monitor", "profile"]])
+                                  ["monitor", "skew"], ["monitor", "profile"]])
 def test_every_verb_has_help_with_an_example(verb):
     r = run(*verb, "--help")
     assert r.returncode == 0 and "Example:" in r.stdout
