@@ -201,8 +201,8 @@ class ServerMonitor:
                 key = servable.path
                 if key not in self._references:
                     ref = load_dataset(servable.path)
-                    if "embedding" in servable.signatures:
-                        ref.embeddings = _embed(servable, ref.features)
+                    if ref.embeddings is None and "embedding" in servable.signatures:
+                        ref.embeddings = _embed(servable, ref.features)  # an older export
                     self._references = {key: ref}  # only the newest version's
                 return self._references[key], servable
         except TfprodError:
