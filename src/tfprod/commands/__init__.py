@@ -10,7 +10,7 @@ from __future__ import annotations
 import typer
 
 MODULES: tuple[str, ...] = ("quickstart", "data", "train", "doctor", "export", "optimize",
-                            "serve", "monitor", "rl", "migrate")
+                            "serve", "monitor", "online", "rl", "migrate")
 
 
 def group(app: typer.Typer, name: str, help: str) -> typer.Typer:

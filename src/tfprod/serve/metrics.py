@@ -40,6 +40,9 @@ PROCESSED_BATCH_SIZE = ":tensorflow:serving:batching_session:processed_batch_siz
 PADDING_SIZE = ":tensorflow:serving:batching_session:padding_size"
 LOAD_ATTEMPT_COUNT = ":tensorflow:cc:saved_model:load_attempt_count"
 MODEL_VERSION_STATE = ":tfprod:serving:model_version_state"
+ROLLOUT_REQUESTS = ":tfprod:rollout:requests"
+ROLLOUT_VERSION = ":tfprod:rollout:version"
+ROLLOUT_CANARY_PERCENT = ":tfprod:rollout:canary_percent"
 STATES = ("START", "LOADING", "AVAILABLE", "UNLOADING", "END")
 
 
@@ -170,6 +173,16 @@ class ServingMetrics(Collector):
         self.version_state = _Family(
             MODEL_VERSION_STATE, "1 for the state each model version is in (START, LOADING, "
             "AVAILABLE, UNLOADING, END).", "gauge", ("model_name", "version", "state"))
+        self.rollout_requests = _Family(
+            ROLLOUT_REQUESTS, "Requests without a version or label, by the version the "
+            "rollout sent them to (arm: stable or canary).", "counter",
+            ("model_name", "version", "arm"))
+        self.rollout_version = _Family(
+            ROLLOUT_VERSION, "The version each rollout label names (stable, canary).", "gauge",
+            ("model_name", "label"))
+        self.rollout_canary_percent = _Family(
+            ROLLOUT_CANARY_PERCENT, "Share of unversioned traffic sent to the canary, in "
+            "percent.", "gauge", ("model_name",))
         self._families = [v for v in vars(self).values() if isinstance(v, _Family)]
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
@@ -212,6 +225,15 @@ class ServingMetrics(Collector):
             self.version_state.remove((model, str(version), s))
         if state is not None:
             self.version_state.set((model, str(version), state), 1.0)
+
+    def set_rollout(self, model: str, labels: dict[str, int], canary_percent: float) -> None:
+        """The versions the ``stable`` and ``canary`` labels name now."""
+        for label in ("stable", "canary"):
+            if label in labels:
+                self.rollout_version.set((model, label), float(labels[label]))
+            else:
+                self.rollout_version.remove((model, label))
+        self.rollout_canary_percent.set((model,), canary_percent if "canary" in labels else 0.0)
 
     # ------------------------------------------------------------------------ exposition
 

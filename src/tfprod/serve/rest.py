@@ -214,13 +214,15 @@ class RestApi:
                 request = json_codec.parse_request(body)
                 signature = json_codec.signature_name(request) or None
                 examples = None if api == "predict" else ex.examples_from_json(request.doc, api)
+            key = _header(scope, b"x-request-id")  # a client's own id: a sticky canary side
+            key = key.decode("latin-1") if key else None
             if examples is not None:
                 expected = False
                 batcher.unexpect()
-                with self.registry.acquire(name, version, label) as servable:
+                with self.registry.acquire(name, version, label, key) as servable:
                     result = await self._classify_or_regress(api, servable, signature, examples)
                 return 200, result, _JSON
-            servable = self.registry.hold(name, version, label)
+            servable = self.registry.hold(name, version, label, key)
             try:
                 with _NO_GC:
                     info = servable.signature(signature)

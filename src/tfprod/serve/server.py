@@ -56,6 +56,7 @@ class ServerOptions:
     tensorflow_inter_op_parallelism: int = 0
     shutdown_grace_s: float = 30.0
     runtime: str = "tensorflow"
+    canary_percent: float = 0.0
 
     def model_specs(self) -> list[cfg.ModelSpec]:
         """The models to serve, from ``--model_config_file`` or ``--model_name``/``base_path``.
@@ -87,6 +88,9 @@ class ServerOptions:
         if self.runtime not in cfg.RUNTIMES:
             raise cfg.ConfigError(f"--runtime={self.runtime}; expected one of "
                                   f"{', '.join(cfg.RUNTIMES)}")
+        if not 0.0 <= self.canary_percent <= 100.0:
+            raise cfg.ConfigError(f"--canary_percent={self.canary_percent}; expected a share "
+                                  "of traffic from 0 to 100")
         if self.rest_api_timeout_in_ms < 0:
             raise cfg.ConfigError(f"--rest_api_timeout_in_ms={self.rest_api_timeout_in_ms}; "
                                   "expected >= 0 (0: no timeout)")
@@ -160,7 +164,8 @@ class ModelServer:
         self.registry = ModelRegistry(
             self.specs, batching=self.batching, enable_warmup=self.options.enable_model_warmup,
             poll_wait_seconds=self.options.file_system_poll_wait_seconds, metrics=self.metrics,
-            on_event=self._on_event, runtime=self.options.runtime)
+            on_event=self._on_event, runtime=self.options.runtime,
+            canary_percent=self.options.canary_percent)
         if self.batching is not None:
             b = self.batching
             self.log(f"batching on: max_batch_size {b.max_batch_size}, batch_timeout_micros "

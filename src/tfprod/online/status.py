@@ -1,0 +1,60 @@
+"""``online_status``: what the online loop did to a base path (versions, blessings, canary)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from tfprod.online.gate import read_gate
+
+
+def list_versions(base: str) -> list[int]:
+    """Numbered version folders (``tfprod.export.list_versions``, without importing
+    TensorFlow through ``tfprod.export``)."""
+    if not os.path.isdir(base):
+        return []
+    return sorted(int(e.name) for e in os.scandir(base)
+                  if e.name.isascii() and e.name.isdigit() and e.is_dir())
+
+
+def online_status(base_path: str | os.PathLike, state_dir: str | os.PathLike | None = None
+                  ) -> dict[str, Any]:
+    """Versions with their gate decisions, the labels, the canary and the last events."""
+    base = os.path.abspath(os.fspath(base_path))
+    state_dir = os.fspath(state_dir or f"{base}.online")
+    state: dict[str, Any] = {}
+    pointer = os.path.join(state_dir, "CURRENT")
+    if os.path.exists(pointer):
+        with open(pointer, encoding="utf-8") as f:
+            current = f.read().strip()
+        with open(os.path.join(state_dir, current, "state.json"), encoding="utf-8") as f:
+            state = json.load(f)
+    events: list[dict[str, Any]] = []
+    path = os.path.join(state_dir, "events.jsonl")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            events = [json.loads(line) for line in f if line.strip()]
+    fate: dict[int, str] = {}
+    for e in events:
+        if e["event"] == "canary":
+            fate[e["version"]] = "canary"
+        elif e["event"] in ("promote", "rollback") and "canary" in e:
+            fate[e["canary"]] = "promoted" if e["event"] == "promote" else "rolled back"
+    versions = []
+    for v in list_versions(base):
+        gate = read_gate(os.path.join(base, str(v)))
+        label = "stable" if v == state.get("stable") else (
+            "canary" if v == state.get("canary") else "")
+        versions.append({"version": v, "label": label, "fate": fate.get(v, ""),
+                         "blessed": None if gate is None else gate["blessed"],
+                         "holdout": None if gate is None else gate["candidate"],
+                         "baseline": None if gate is None else gate["baseline"],
+                         "baseline_version": None if gate is None else gate["baseline_version"]})
+    rejected = sorted(int(d) for d in os.listdir(os.path.join(state_dir, "rejected"))
+                      if d.isdigit()) if os.path.isdir(os.path.join(state_dir, "rejected")) \
+        else []
+    return {"base_path": base, "state_dir": state_dir, "round": state.get("round", 0),
+            "stable": state.get("stable"), "canary": state.get("canary"),
+            "strategy": state.get("strategy"), "versions": versions,
+            "rejected_rounds": rejected, "events": events[-10:]}

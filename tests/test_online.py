@@ -1,0 +1,361 @@
+"""tfprod.online: learners, buffer, drift, gate, rollout and the loop on a real tfprod serve."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from online_data import export_v1, shifted, tiny_mlp
+from tfprod.errors import TfprodError
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from tfprod.online.bench import split_digits
+
+    return split_digits(0)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, digits):
+    """Version 1 of a tiny MLP (trained on 600 digits) in a base path, and a holdout."""
+    x_tr, y_tr, x_te, y_te = digits
+    root = tmp_path_factory.mktemp("online")
+    model = tiny_mlp(x_tr[:600], y_tr[:600])
+    base = root / "models" / "digits"
+    export_v1(model, base, x_tr[:500], y_tr[:500])
+    holdout = root / "holdout.npz"
+    np.savez(holdout, pixels=x_te[:300], labels=y_te[:300])
+    return root, base, holdout, model
+
+
+# ---------------------------------------------------------------------------- unit
+
+
+def test_reservoir_keeps_a_uniform_sample_and_resumes_exactly():
+    from tfprod.online import ReservoirBuffer
+
+    buffer = ReservoirBuffer(100, seed=1)
+    x = np.arange(5000, dtype=np.float32)[:, None]
+    buffer.add({"x": x[:2500]}, np.arange(2500) % 10)
+    saved = buffer.state()
+    buffer.add({"x": x[2500:]}, np.arange(2500, 5000) % 10)
+    kept = buffer.contents()[0]["x"][:, 0]
+    assert len(buffer) == 100 and buffer.seen == 5000
+    # a uniform sample of 0..4999: about half from each half (99.9% binomial bound)
+    assert 30 <= int(np.sum(kept < 2500)) <= 70
+    other = ReservoirBuffer(100, seed=99)
+    other.load_state(saved)
+    other.add({"x": x[2500:]}, np.arange(2500, 5000) % 10)
+    np.testing.assert_array_equal(other.contents()[0]["x"], buffer.contents()[0]["x"])
+    np.testing.assert_array_equal(other.y, buffer.y)
+
+
+def test_class_balanced_reservoir_keeps_rare_classes():
+    from tfprod.online import ReservoirBuffer
+
+    y = np.r_[np.zeros(2000, int), np.ones(50, int), np.full(50, 2)]
+    plain, balanced = ReservoirBuffer(90, seed=0), ReservoirBuffer(90, balanced=True, seed=0)
+    for b in (plain, balanced):
+        b.add({"x": np.zeros((len(y), 1))}, y)
+    assert np.bincount(balanced.y, minlength=3).tolist() == [30, 30, 30]
+    assert np.bincount(plain.y, minlength=3)[0] > 70
+
+
+def test_page_hinkley_fires_after_the_error_rate_rises_not_before():
+    from tfprod.online import PageHinkley
+
+    rng = np.random.default_rng(0)
+    ph = PageHinkley()
+    before = [ph.update(float(e)) for e in rng.random(1000) < 0.1]
+    after = [ph.update(float(e)) for e in rng.random(400) < 0.6]
+    assert not any(before)
+    assert any(after) and after.index(True) < 150
+
+
+def test_two_proportion_test_matches_scipy():
+    from scipy.stats import norm
+
+    from tfprod.online import two_proportion_test
+
+    z, p = two_proportion_test(70, 100, 85, 100)
+    pooled = 155 / 200
+    want = (0.7 - 0.85) / math.sqrt(pooled * (1 - pooled) * 0.02)
+    assert z == pytest.approx(want)
+    assert p == pytest.approx(norm.cdf(want))
+    with pytest.raises(TfprodError, match="both need examples"):
+        two_proportion_test(1, 0, 1, 1)
+
+
+def test_verdict_waits_then_promotes_or_rolls_back():
+    from tfprod.online.rollout import verdict
+
+    assert verdict((40, 50), (80, 100), min_requests=100).action == "wait"
+    assert verdict((70, 100), (90, 100), min_requests=100).action == "rollback"
+    assert verdict((91, 100), (88, 100), min_requests=100).action == "promote"
+
+
+def test_canary_share_is_sticky_and_matches_the_percentage():
+    from tfprod.serve.registry import canary_share
+
+    keys = [f"req-{i}" for i in range(20000)]
+    share = np.mean([canary_share(k, 10) for k in keys])
+    assert abs(share - 0.10) < 2.576 * math.sqrt(0.1 * 0.9 / len(keys))
+    assert all(canary_share(k, 10) == canary_share(k, 10) for k in keys[:100])
+
+
+def test_learner_rejects_labels_outside_the_classes(served):
+    from tfprod.online import make_learner
+
+    _, _, _, model = served
+
+    learner = make_learner("finetune", model)
+    x = {"pixels": np.zeros((2, 64), np.float32)}
+    with pytest.raises(TfprodError, match=r"label 12 is out of the class range 0\.\.9"):
+        learner.check(x, np.array([1, 12]))
+    with pytest.raises(TfprodError, match="not class indices"):
+        learner.check(x, np.array([0.5, 1.0]))
+    with pytest.raises(TfprodError, match=r"input 'pixels' has examples of shape \(8,\)"):
+        learner.check({"pixels": np.zeros((2, 8), np.float32)}, np.array([1, 2]))
+
+
+def test_ewc_anchor_holds_the_weights_that_mattered(digits):
+    """After consolidation, EWC keeps task-1 accuracy that plain fine-tuning loses."""
+    from tfprod.online import make_learner
+    from tfprod.online.bench import mlp
+
+    x_tr, y_tr, x_te, y_te = digits
+    first, second = y_tr < 5, y_tr >= 5
+    scores = {}
+    for kind, args in (("finetune", {}), ("ewc", {"strength": 5000.0})):
+        learner = make_learner(kind, mlp(0), batch_size=32, **args)
+        learner.learn({"pixels": x_tr[first]}, y_tr[first], epochs=5)
+        learner.consolidate({"pixels": x_tr[first]}, y_tr[first])
+        learner.learn({"pixels": x_tr[second]}, y_tr[second], epochs=3)
+        old = y_te < 5
+        scores[kind] = np.mean(learner.predict({"pixels": x_te[old]}).argmax(-1) == y_te[old])
+    assert scores["ewc"] > scores["finetune"] + 0.1, scores
+
+
+# ---------------------------------------------------------------------------- gate
+
+
+def test_gate_refuses_nan_and_a_worse_candidate(served):
+    from tfprod.online import evaluate_gate
+    from tfprod.online.loop import load_holdout
+
+    _, _, holdout, model = served
+    data = load_holdout(holdout)
+
+    def good(x):
+        return model.predict(x["pixels"], verbose=0)
+
+    def nan(x):
+        return np.full((len(x["pixels"]), 10), np.nan, np.float32)
+
+    def shuffled(x):
+        return np.random.default_rng(0).permutation(good(x))
+
+    assert evaluate_gate(good, good, data).blessed
+    refused = evaluate_gate(nan, good, data)
+    assert not refused.blessed and "NaN" in refused.reasons[0]
+    worse = evaluate_gate(shuffled, good, data, margin=0.05, floor=0.5)
+    assert not worse.blessed and len(worse.reasons) == 2
+    assert "worse than the serving version's" in worse.reasons[0]
+
+
+def test_a_holdout_that_does_not_match_the_signature_is_one_clear_line(served, tmp_path):
+    from tfprod.online import IterableStream, OnlineLoop
+
+    root, base, _, _ = served
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, pixels=np.zeros((5, 8), np.float32), labels=np.zeros(5))
+    with pytest.raises(TfprodError, match=r"input 'pixels' has examples of shape \(8,\); the "
+                                          r"model's signature takes \(64,\)"):
+        OnlineLoop(base, str(bad), model_config_file=tmp_path / "models.config",
+                   stream=IterableStream(()), state_dir=tmp_path / "state")
+    assert not os.path.exists(tmp_path / "models.config")
+
+
+def test_a_base_path_another_process_writes_is_refused(served, tmp_path):
+    from tfprod.export.publish import TEMP_PREFIX, _host
+    from tfprod.online.loop import check_base_free
+
+    _, base, _, _ = served
+    busy = tmp_path / "busy"
+    (busy / "1").mkdir(parents=True)
+    (busy / f"{TEMP_PREFIX}{_host()}-{os.getppid()}-abcd").mkdir()
+    with pytest.raises(TfprodError, match=f"being written by process {os.getppid()}"):
+        check_base_free(str(busy))
+    check_base_free(str(base))
+
+
+# ---------------------------------------------------------------------------- end to end
+
+
+def _requests(client, x, prefix):
+    ids = []
+    for i, row in enumerate(x):
+        rid = f"{prefix}-{i}"
+        r = client.post("/v1/models/digits:predict", json={"instances": [row.tolist()]},
+                        headers={"X-Request-Id": rid})
+        assert r.status_code == 200, r.text
+        ids.append(rid)
+    return ids
+
+
+def _feedback(client, ids, labels):
+    r = client.post("/v1/models/digits:feedback", json={"feedback": [
+        {"request_id": i, "label": int(v)} for i, v in zip(ids, labels, strict=True)]})
+    assert r.status_code == 200, r.text
+
+
+def _wait_labels(client, want, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = client.get("/monitoring/prometheus/metrics")
+        got = {}
+        for line in r.text.splitlines():
+            if line.startswith(":tfprod:rollout:version{"):
+                label = line.split('label="')[1].split('"')[0]
+                got[label] = int(float(line.rsplit(" ", 1)[1]))
+        if got == want and all(_available(client, v) for v in want.values()):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"labels {got}, expected {want}")
+
+
+def _available(client, version):
+    r = client.get(f"/v1/models/digits/versions/{version}")
+    return r.status_code == 200 and r.json()["model_version_status"][0]["state"] == "AVAILABLE"
+
+
+def _arm_counts(client):
+    counts = {"stable": 0.0, "canary": 0.0}
+    for line in client.get("/monitoring/prometheus/metrics").text.splitlines():
+        if line.startswith(":tfprod:rollout:requests"):
+            arm = line.split('arm="')[1].split('"')[0]
+            counts[arm] += float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+@pytest.mark.slow
+def test_feedback_update_gate_canary_promote_and_rollback_on_a_real_server(served, digits,
+                                                                           tmp_path):
+    """One tfprod serve process; the loop refuses a poisoned update, rolls back a canary
+    worse than stable, promotes a better one; traffic shares match --canary_percent; no
+    request fails while the labels move."""
+    import httpx
+
+    from tfprod.online import OnlineLoop
+    from tfprod.online.rollout import write_models_config
+    from tfprod.serve.process import ServerProcess
+
+    root, base, holdout, _ = served
+    x_tr, y_tr, x_te, y_te = digits
+    log, config = tmp_path / "log.db", tmp_path / "models.config"
+    (tmp_path / "monitoring.config").write_text(
+        'prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }')
+    write_models_config(config, "digits", str(base), 1)
+    flags = [f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=0.2",
+             f"--request_log={log}", "--monitoring_interval_seconds=0",
+             "--file_system_poll_wait_seconds=0", "--canary_percent=50",
+             f"--monitoring_config_file={tmp_path / 'monitoring.config'}"]
+    rng = np.random.default_rng(0)
+    with ServerProcess("digits", None, log=tmp_path / "serve.log", flags=flags) as server, \
+            httpx.Client(base_url=f"http://127.0.0.1:{server.rest_port}", timeout=30) as client:
+        loop = OnlineLoop(base, str(holdout), model_config_file=config, log_url=str(log),
+                          model_name="digits", state_dir=tmp_path / "state",
+                          learner_args={"epochs": 4, "replay_ratio": 3.0}, min_examples=200,
+                          margin=0.05, canary_min_requests=60)
+        # 1. poisoned feedback (labels shuffled) is refused; nothing is published
+        poison_x = x_tr[600:900]
+        ids = _requests(client, poison_x, "poison")
+        _feedback(client, ids, rng.permutation(y_tr[600:900]))
+        step = loop.step()
+        assert step["action"] == "rejected", step
+        assert "worse than the serving version's" in step["decision"].reasons[0]
+        from tfprod.export import list_versions
+
+        assert list_versions(base) == [1]
+        assert os.path.exists(tmp_path / "state" / "rejected" / "1" / "assets.extra" /
+                              "tfprod" / "gate.json")
+        assert "versions: 1 }" in config.read_text() and "canary" not in config.read_text()
+
+        # 2. a gate left open (margin 1) lets a poisoned canary out: its live traffic rolls it
+        loop.margin = 1.0
+        ids = _requests(client, x_tr[900:1150], "poison2")
+        _feedback(client, ids, rng.permutation(y_tr[900:1150]))
+        step = loop.step()
+        assert step["action"] == "canary" and step["version"] == 2, step
+        gate = json.loads((base / "2" / "assets.extra" / "tfprod" / "gate.json").read_text())
+        assert gate["baseline_version"] == 1 and gate["blessed"]
+        _wait_labels(client, {"stable": 1, "canary": 2})
+        before = _arm_counts(client)
+        for _ in range(400):  # no X-Request-Id: each goes to the canary with p = 0.5
+            assert client.post("/v1/models/digits:predict",
+                               json={"instances": [x_te[0].tolist()]}).status_code == 200
+        after = _arm_counts(client)
+        share = (after["canary"] - before["canary"]) / 400
+        assert abs(share - 0.5) < 2.576 * math.sqrt(0.25 / 400), share
+        live = x_te[300:500]
+        ids = _requests(client, live, "live")
+        _feedback(client, ids, y_te[300:500])
+        step = loop.step()
+        assert step["action"] == "rollback", step
+        assert step["canary_accuracy"] < step["stable_accuracy"] - 0.1
+        _wait_labels(client, {"stable": 1})
+        assert client.get("/v1/models/digits/versions/2").status_code == 404 or \
+            client.get("/v1/models/digits/versions/2").json()[
+                "model_version_status"][0]["state"] != "AVAILABLE"
+
+        # 3. drifted traffic with true labels: a better canary, promoted with no failed request
+        loop.margin = 0.05
+        drift_x, drift_y = shifted(x_tr[1150:]), y_tr[1150:]
+        ids = _requests(client, drift_x, "drift")
+        _feedback(client, ids, drift_y)
+        step = loop.step()
+        assert step["action"] == "canary" and step["version"] == 3, step
+        assert step["candidate"] >= step["baseline"] - 0.05
+        _wait_labels(client, {"stable": 1, "canary": 3})
+        ids = _requests(client, shifted(x_te[300:]), "drift-live")
+        _feedback(client, ids, y_te[300:])
+        failures, sent, stop = [], [0], threading.Event()
+
+        def traffic():
+            with httpx.Client(base_url=f"http://127.0.0.1:{server.rest_port}") as c:
+                while not stop.is_set():
+                    r = c.post("/v1/models/digits:predict",
+                               json={"instances": [x_te[1].tolist()]})
+                    sent[0] += 1
+                    if r.status_code != 200:
+                        failures.append(r.text)
+
+        thread = threading.Thread(target=traffic)
+        thread.start()
+        try:
+            step = loop.step()
+            assert step["action"] == "promote", json.dumps(step, default=str)
+            _wait_labels(client, {"stable": 3})
+            time.sleep(1.0)  # version 1 unloads
+        finally:
+            stop.set()
+            thread.join(30)
+        assert not failures and sent[0] > 10, (failures[:3], sent)
+        assert loop.state["stable"] == 3 and "versions: 3 }" in config.read_text()
+        loop.close()
+
+    from tfprod.online import online_status
+
+    status = online_status(base, tmp_path / "state")
+    fates = {v["version"]: v["fate"] for v in status["versions"]}
+    assert fates == {1: "", 2: "rolled back", 3: "promoted"}
+    assert status["rejected_rounds"] == [1]
+    events = [e["event"] for e in status["events"]]
+    assert events[-5:] == ["rejected", "canary", "rollback", "canary", "promote"]
