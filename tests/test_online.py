@@ -359,3 +359,68 @@ def test_feedback_update_gate_canary_promote_and_rollback_on_a_real_server(serve
     assert status["rejected_rounds"] == [1]
     events = [e["event"] for e in status["events"]]
     assert events[-5:] == ["rejected", "canary", "rollback", "canary", "promote"]
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_mid_round_gives_the_same_buffer_and_weights(served, digits,
+                                                                          tmp_path):
+    """A round from a folder stream: uninterrupted, and killed (SIGKILL) in the middle of the
+    round then restarted from the last commit; the committed learner state is the same."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tfprod.online import FolderStream, OnlineLoop
+
+    _, base, holdout, _ = served
+    x_tr, y_tr, _, _ = digits
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    for i, part in enumerate((slice(600, 700), slice(700, 800))):
+        np.savez(folder / f"part-{i}.npz", pixels=shifted(x_tr[part]), labels=y_tr[part])
+    runs = {}
+    for name in ("straight", "killed"):
+        copy = tmp_path / name / "digits"
+        shutil.copytree(base, copy)
+        runs[name] = (copy, tmp_path / name / "state")
+        runs[name][1].mkdir()
+    script = os.path.join(os.path.dirname(__file__), "scripts", "online_rounds.py")
+    copy, state = runs["killed"]
+    args = [sys.executable, script, str(copy), str(holdout), str(folder), str(state)]
+    # the first run commits its start, then its 2nd update (inside round 1) kills it
+    died = subprocess.run([*args, "--kill_after", "2"], capture_output=True, text=True,
+                          timeout=300)
+    assert died.returncode == -9, died.stderr[-2000:]
+    current = (state / "CURRENT").read_text().strip()
+    assert json.loads((state / current / "state.json").read_text())["round"] == 0
+    resumed = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0 and "round 1 stable 2" in resumed.stdout, \
+        resumed.stderr[-2000:]
+
+    copy, state = runs["straight"]
+    loop = OnlineLoop(copy, str(holdout), model_config_file=state / "m.config",
+                      stream=FolderStream(folder), state_dir=state, min_examples=50,
+                      max_examples=100,
+                      margin=1.0, learner_args={"buffer_size": 300})
+    while loop.state["round"] < 1:
+        loop.step()
+    loop.close()
+
+    def committed(state):
+        name = (state / "CURRENT").read_text().strip()
+        with np.load(state / name / "stable" / "learner.npz") as z:
+            arrays = {k: z[k] for k in z.files}
+        import keras
+
+        weights = keras.saving.load_model(state / name / "stable" / "model.keras").get_weights()
+        return arrays, weights
+
+    (a_arrays, a_weights), (b_arrays, b_weights) = committed(runs["straight"][1]), \
+        committed(runs["killed"][1])
+    assert sorted(a_arrays) == sorted(b_arrays)
+    for k in a_arrays:
+        np.testing.assert_array_equal(a_arrays[k], b_arrays[k], err_msg=k)
+    assert int(a_arrays["buffer/y"].size) == 300  # 500 reference examples seen, then 80 new
+    assert json.loads(a_arrays["buffer/meta"].tobytes())["seen"] == 580
+    for a, b in zip(a_weights, b_weights, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

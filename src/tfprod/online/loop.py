@@ -101,6 +101,7 @@ class OnlineLoop:
         keras_model: the ``.keras`` file of the serving version when the version folder has
             none (versions the loop publishes carry their own).
         min_examples: labelled examples needed for a round.
+        max_examples: at most this many per round (None: all that arrived).
         margin, floor: the gate's thresholds.
         canary_min_requests, alpha, canary_window_s: the canary's verdict (see
             :func:`~tfprod.online.rollout.verdict`).
@@ -116,6 +117,7 @@ class OnlineLoop:
                  state_dir: str | os.PathLike | None = None, strategy: str = "replay",
                  learner_args: dict[str, Any] | None = None,
                  keras_model: str | os.PathLike | None = None, min_examples: int = 100,
+                 max_examples: int | None = None,
                  margin: float = 0.01, floor: float = 0.0, canary_min_requests: int = 100,
                  alpha: float = 0.05, canary_window_s: float | None = None,
                  recent_every: int = 5, chunk: int = 32, seed: int = 0,
@@ -140,7 +142,8 @@ class OnlineLoop:
             raise TfprodError(f"{self.state_dir} is in use by another online loop; stop it "
                               "first (one loop per model)") from None
         self.strategy, self.learner_args = strategy, dict(learner_args or {})
-        self.min_examples, self.margin, self.floor = min_examples, margin, floor
+        self.min_examples, self.max_examples = min_examples, max_examples
+        self.margin, self.floor = margin, floor
         self.canary_min_requests, self.alpha = canary_min_requests, alpha
         self.canary_window_s, self.recent_every, self.chunk = canary_window_s, recent_every, chunk
         self.seed = seed
@@ -305,7 +308,7 @@ class OnlineLoop:
 
     def _round(self) -> dict[str, Any]:
         committed = dict(self.state["stream"])
-        examples = self.stream.poll()
+        examples = self.stream.poll(self.max_examples)
         if len(examples) < self.min_examples:
             self.stream.load_state(committed)  # read them again with the next ones
             return {"action": "wait", "examples": len(examples)}
@@ -413,8 +416,8 @@ class OnlineLoop:
                 on_step(result)
             if result["action"] in ("canary", "rejected", "promote") and "examples" in result:
                 ran += 1
-            if rounds is not None and ran >= rounds and self.state["canary"] is None:
-                break
+            if rounds is not None and ran >= rounds:
+                break  # a canary still out is judged by the next run
             if result["action"] == "wait" and getattr(self.stream, "done", False):
                 break
             if stop is not None:
