@@ -27,16 +27,19 @@ class Prequential:
         window: examples in the sliding window.
         chunk: examples scored, then learned, at a time.
         detector: the drift detector on the error stream (default :class:`PageHinkley`).
+        keep_outcomes: also keep every example's outcome (1 right, 0 wrong) in ``outcomes``
+            (for curves; the window alone is bounded).
     """
 
     def __init__(self, learner: Learner, *, window: int = 500, chunk: int = 32,
-                 detector: PageHinkley | None = None):
+                 detector: PageHinkley | None = None, keep_outcomes: bool = False):
         self.learner, self.chunk = learner, chunk
         self.recent: deque[int] = deque(maxlen=window)
         self.detector = detector or PageHinkley()
         self.seen = 0
         self.correct = 0
         self.drifts: list[int] = []  # example counts at which a change was detected
+        self.outcomes: list[int] | None = [] if keep_outcomes else None
 
     @property
     def window_accuracy(self) -> float:
@@ -60,6 +63,8 @@ class Prequential:
                 self.recent.append(int(r))
                 self.seen += 1
                 self.correct += int(r)
+                if self.outcomes is not None:
+                    self.outcomes.append(int(r))
                 drifted = self.detector.update(1 - int(r)) or drifted
             if drifted:
                 self.drifts.append(self.seen)
