@@ -250,14 +250,18 @@ def test_feedback_update_gate_canary_promote_and_rollback_on_a_real_server(serve
                                                                            tmp_path):
     """One tfprod serve process; the loop refuses a poisoned update, rolls back a canary
     worse than stable, promotes a better one; traffic shares match --canary_percent; no
-    request fails while the labels move."""
+    request fails while the labels move; a shadow answers copies of the same requests."""
+    import shutil
+
     import httpx
 
     from tfprod.online import OnlineLoop
     from tfprod.online.rollout import write_models_config
     from tfprod.serve.process import ServerProcess
 
-    root, base, holdout, _ = served
+    root, served_base, holdout, _ = served
+    base = tmp_path / "digits"  # versions are published here: not in the shared fixture
+    shutil.copytree(served_base, base)
     x_tr, y_tr, x_te, y_te = digits
     log, config = tmp_path / "log.db", tmp_path / "models.config"
     (tmp_path / "monitoring.config").write_text(
@@ -349,16 +353,35 @@ def test_feedback_update_gate_canary_promote_and_rollback_on_a_real_server(serve
             thread.join(30)
         assert not failures and sent[0] > 10, (failures[:3], sent)
         assert loop.state["stable"] == 3 and "versions: 3 }" in config.read_text()
+
+        # 4. shadow: the next candidate answers a copy of every request, logged, never returned
+        loop.rollout, loop.margin = "shadow", 1.0
+        ids = _requests(client, shifted(x_te[:300]), "more")
+        _feedback(client, ids, y_te[:300])
+        step = loop.step()
+        assert step["action"] == "canary" and step["version"] == 4, step
+        _wait_labels(client, {"stable": 3})
+        while not _available(client, 4):
+            time.sleep(0.1)
+        ids = _requests(client, shifted(x_tr[:80]), "shadowed")
+        _feedback(client, ids, y_tr[:80])
+        by_id = {}
+        for r in loop.store.read("digits", since=loop.state["canary_since"]):
+            by_id.setdefault(r.request_id, []).append(r.version)
+        assert all(sorted(by_id[i]) == [3, 4] for i in ids)  # both answered each request
+        step = loop.step()
+        assert step["action"] in ("promote", "rollback"), step
+        assert step["canary_n"] == step["stable_n"] == 80  # judged on the very same requests
         loop.close()
 
     from tfprod.online import online_status
 
     status = online_status(base, tmp_path / "state")
     fates = {v["version"]: v["fate"] for v in status["versions"]}
-    assert fates == {1: "", 2: "rolled back", 3: "promoted"}
+    assert {v: fates[v] for v in (1, 2, 3)} == {1: "", 2: "rolled back", 3: "promoted"}
     assert status["rejected_rounds"] == [1]
     events = [e["event"] for e in status["events"]]
-    assert events[-5:] == ["rejected", "canary", "rollback", "canary", "promote"]
+    assert events[-7:-2] == ["rejected", "canary", "rollback", "canary", "promote"]
 
 
 @pytest.mark.slow
@@ -424,3 +447,18 @@ def test_resume_after_sigkill_mid_round_gives_the_same_buffer_and_weights(served
     assert json.loads(a_arrays["buffer/meta"].tobytes())["seen"] == 580
     for a, b in zip(a_weights, b_weights, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_stream_that_stops_ends_the_loop_without_publishing(served, tmp_path):
+    from tfprod.export import list_versions
+    from tfprod.online import IterableStream, OnlineLoop
+
+    _, base, holdout, _ = served
+    x = np.zeros((10, 64), np.float32)
+    loop = OnlineLoop(base, str(holdout), model_config_file=tmp_path / "models.config",
+                      stream=IterableStream([({"pixels": x}, np.arange(10))]),
+                      state_dir=tmp_path / "state", min_examples=50)
+    assert loop.run(interval=0.01) == 0  # 10 examples, then the iterable stops
+    assert loop.stream.done and list_versions(base) == [1]
+    assert 'key: "stable" value: 1' in (tmp_path / "models.config").read_text()
+    loop.close()

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -42,12 +43,23 @@ def test_online_run_then_status(tmp_path):
     common = ["--model_base_path", base, "--log", tmp_path / "log.db", "--holdout",
               tmp_path / "holdout.npz", "--model_config_file", tmp_path / "models.config",
               "--model_name", "digits"]
-    out = _run("online", "run", *common, "--rounds", "1", "--interval", "1s", "--margin",
-               "0.05", "--json", tmp_path / "run.json")
-    assert out.returncode == 0, out.stderr[-2000:]
+    # runs until SIGTERM: the step in progress finishes, the state is kept, exit status 0
+    proc = subprocess.Popen([TFPROD, "online", "run", *map(str, common), "--interval", "1s",
+                             "--margin", "0.05", "--json", str(tmp_path / "run.json")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "COLUMNS": "100"})
+    events = tmp_path / "digits.online" / "events.jsonl"
+    deadline = time.monotonic() + 180
+    while not (events.exists() and '"canary"' in events.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr[-2000:]
     steps = json.loads((tmp_path / "run.json").read_text())["steps"]
-    assert steps[-1]["action"] == "canary" and steps[-1]["version"] == 2
-    assert "step: canary" in out.stdout
+    assert steps[0]["action"] == "canary" and steps[0]["version"] == 2
+    assert all(s["action"] == "wait" for s in steps[1:])  # no labelled canary traffic yet
+    assert "step: canary" in stdout and "stable version 1, canary 2" in stdout
     config = (tmp_path / "models.config").read_text()
     assert 'key: "canary" value: 2' in config and 'key: "stable" value: 1' in config
 

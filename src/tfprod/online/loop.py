@@ -105,6 +105,9 @@ class OnlineLoop:
         margin, floor: the gate's thresholds.
         canary_min_requests, alpha, canary_window_s: the canary's verdict (see
             :func:`~tfprod.online.rollout.verdict`).
+        rollout: "canary" (the candidate takes ``tfprod serve --canary_percent`` of the
+            traffic) or "shadow" (it gets a copy of every unversioned request; its answers are
+            only logged, and judged against stable's on the very same labelled requests).
         recent_every: every N-th new example is kept out of training for the gate's recent
             window (0: none).
         seed: seeds the learner.
@@ -120,7 +123,8 @@ class OnlineLoop:
                  max_examples: int | None = None,
                  margin: float = 0.01, floor: float = 0.0, canary_min_requests: int = 100,
                  alpha: float = 0.05, canary_window_s: float | None = None,
-                 recent_every: int = 5, chunk: int = 32, seed: int = 0,
+                 rollout: str = "canary", recent_every: int = 5, chunk: int = 32,
+                 seed: int = 0,
                  log: Log | None = None):
         self.base = os.path.abspath(os.fspath(base_path))
         check_base_free(self.base)
@@ -147,6 +151,9 @@ class OnlineLoop:
         self.canary_min_requests, self.alpha = canary_min_requests, alpha
         self.canary_window_s, self.recent_every, self.chunk = canary_window_s, recent_every, chunk
         self.seed = seed
+        if rollout not in ("canary", "shadow"):
+            raise TfprodError(f"rollout {rollout!r}; expected canary or shadow")
+        self.rollout = rollout
         self.say: Log = log or (lambda _m: None)
         self.stream = stream if stream is not None else LogStream(log_url, model_name)
         self.store = getattr(self.stream, "store", None)
@@ -183,6 +190,7 @@ class OnlineLoop:
         if self.state["prequential"]:
             self.prequential.load_state(self.state["prequential"])
         self._serving: dict[int, Any] = {}
+        self._pending: list[Examples] = []
 
     # ------------------------------------------------------------------------ state
 
@@ -307,11 +315,15 @@ class OnlineLoop:
         return examples.take(np.flatnonzero(ok))
 
     def _round(self) -> dict[str, Any]:
-        committed = dict(self.state["stream"])
-        examples = self.stream.poll(self.max_examples)
+        # Examples wait in memory until a round has enough; the stream's committed cursor
+        # still points before them, so after a crash they are read again.
+        want = None if self.max_examples is None else self.max_examples - sum(
+            len(p) for p in self._pending)
+        self._pending.append(self.stream.poll(want))
+        examples = Examples.concat(self._pending)
         if len(examples) < self.min_examples:
-            self.stream.load_state(committed)  # read them again with the next ones
             return {"action": "wait", "examples": len(examples)}
+        self._pending = []
         self.state["round"] += 1
         examples = self._valid(examples)
         index = np.arange(len(examples))
@@ -359,7 +371,8 @@ class OnlineLoop:
         self.state.update(canary=result.version, canary_since=time.time())
         self._commit(candidate_learner=True, event={"event": "canary", **summary,
                                                     "version": result.version})
-        write_models_config(self.config_path, self.name, self.base, stable, result.version)
+        write_models_config(self.config_path, self.name, self.base, stable, result.version,
+                            label=self.rollout)
         if self.log_url is None:  # no labelled traffic to judge it on: the gate decides
             return self._promote({"action": "promote", "reason": "no request log"})
         return {"action": "canary", "version": result.version, "decision": decision, **summary}

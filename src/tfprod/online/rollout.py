@@ -79,11 +79,14 @@ def verdict(canary: tuple[int, int], stable: tuple[int, int], *, min_requests: i
                    f"canary {acc_c:.4f} vs stable {acc_s:.4f}: not worse (p={p:.3g})")
 
 
-def models_config_text(name: str, base_path: str, stable: int,
-                        canary: int | None = None) -> str:
-    """The ``ModelServerConfig`` serving ``stable`` (and ``canary``) with their labels."""
+def models_config_text(name: str, base_path: str, stable: int, canary: int | None = None,
+                       *, label: str = "canary") -> str:
+    """The ``ModelServerConfig`` serving ``stable`` (and the candidate ``canary``, labelled
+    ``label``: "canary" takes a share of traffic, "shadow" a copy of it) with their labels."""
+    if label not in ("canary", "shadow"):
+        raise TfprodError(f"rollout {label!r}; expected canary or shadow")
     versions = [stable] if canary is None else sorted({stable, canary})
-    labels = [("stable", stable)] + ([] if canary is None else [("canary", canary)])
+    labels = [("stable", stable)] + ([] if canary is None else [(label, canary)])
     lines = ["model_config_list {", "  config {", f"    name: \"{name}\"",
              f"    base_path: \"{os.path.abspath(base_path)}\"",
              "    model_platform: \"tensorflow\"",
@@ -95,14 +98,14 @@ def models_config_text(name: str, base_path: str, stable: int,
 
 
 def write_models_config(path: str | os.PathLike, name: str, base_path: str, stable: int,
-                        canary: int | None = None) -> str:
+                        canary: int | None = None, *, label: str = "canary") -> str:
     """Atomically replace ``path`` with :func:`models_config_text`; returns the path."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".tmp-{secrets.token_hex(4)}-{os.path.basename(path)}")
     with open(tmp, "w", encoding="utf-8") as f:
-        f.write(models_config_text(name, base_path, stable, canary))
+        f.write(models_config_text(name, base_path, stable, canary, label=label))
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

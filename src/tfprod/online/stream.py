@@ -90,7 +90,10 @@ class LogStream:
         found = self.store.read_labelled(self.model, after=self.after, limit=limit)
         if not found:
             return Examples({}, np.zeros((0,), np.int64))
-        records = [r for r, _ in found]
+        self.after = max(t for _, t in found)
+        # A request a shadow version also answered is logged twice under one id: learn it once.
+        seen: set[str] = set()
+        records = [r for r, _ in found if not (r.request_id in seen or seen.add(r.request_id))]
         names = [k for k in records[0].inputs if all(k in r.inputs for r in records)]
         x = {k: np.concatenate([r.inputs[k] for r in records]) for k in names}
         values, ids, versions = [], [], []
@@ -104,7 +107,6 @@ class LogStream:
             ids.extend([r.request_id] * r.rows)
             versions.extend([r.version] * r.rows)
         y = _labels(values, f"request log {self.url}, model {self.model!r}")
-        self.after = max(t for _, t in found)
         return Examples(x, y, ids, np.asarray(versions))
 
     def state(self) -> dict[str, Any]:

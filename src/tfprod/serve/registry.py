@@ -115,7 +115,7 @@ class _Model:
         self.listing_error: str | None = None
 
 
-STABLE, CANARY = "stable", "canary"
+STABLE, CANARY, SHADOW = "stable", "canary", "shadow"
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,7 @@ class _Route:
     versions: dict[int, Servable]
     labels: dict[str, int]
     canary: tuple[Servable, Servable] | None = None  # (stable, canary) while both serve
+    shadow: Servable | None = None  # gets a copy of unversioned requests; answers nobody
 
 
 def canary_share(key: str, percent: float) -> bool:
@@ -411,6 +412,17 @@ class ModelRegistry:
                 return [slot.status()]
             return [s.status() for _, s in sorted(model.slots.items(), reverse=True)]
 
+    def shadow(self, name: str, served: Servable) -> Servable | None:
+        """The version labelled ``shadow`` (AVAILABLE, other than ``served``), held for one
+        request (call its ``release()``), or None: it gets a copy of unversioned requests,
+        whose answers are logged and never returned."""
+        route = self._routes.get(name)
+        shadow = route.shadow if route is not None else None
+        if shadow is None or shadow is served or not shadow.hold():
+            return None
+        self.metrics.rollout_requests.inc((name, str(shadow.version), SHADOW))
+        return shadow
+
     def labels(self, name: str) -> dict[str, int]:
         """The model's version labels (label -> version)."""
         route = self._routes.get(name)
@@ -622,7 +634,10 @@ class ModelRegistry:
             pair = (versions.get(labels.get(STABLE, -1)), versions.get(labels.get(CANARY, -1)))
             split = pair if pair[0] is not None and pair[1] is not None and \
                 pair[0] is not pair[1] else None
-            routes[name] = _Route(latest, versions, labels, split)
+            shadow = versions.get(labels.get(SHADOW, -1))
+            if shadow is not None and versions.get(labels.get(STABLE, -1)) is not None:
+                latest = versions[labels[STABLE]]  # the shadow answers nobody
+            routes[name] = _Route(latest, versions, labels, split, shadow)
             self.metrics.set_rollout(name, labels, self.canary_percent)
         self._routes = routes
 
