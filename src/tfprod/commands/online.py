@@ -56,6 +56,9 @@ def register(app: typer.Typer) -> None:
         canary_min_requests: int = typer.Option(
             100, "--canary_min_requests", help="Labelled canary requests before a verdict."),
         buffer_size: int = typer.Option(500, "--buffer_size", help="Replay buffer size."),
+        rollout: str = typer.Option("canary", "--rollout", help="canary (a share of "
+                                    "traffic, tfprod serve --canary_percent) or shadow (a "
+                                    "copy of it, answers only logged)."),
         state: Path | None = typer.Option(None, "--state", help="State folder "
                                           "(default BASE.online)."),
         json_path: Path | None = typer.Option(None, "--json", help="Write the steps here."),
@@ -75,6 +78,7 @@ def register(app: typer.Typer) -> None:
                           log_url=log, model_name=model_name, strategy=strategy,
                           learner_args=args, keras_model=model, min_examples=min_examples,
                           margin=margin, floor=floor, canary_min_requests=canary_min_requests,
+                          rollout=rollout,
                           state_dir=state, log=lambda m: err_console.print(m, highlight=False))
         stop = threading.Event()
         steps: list[dict[str, Any]] = []
