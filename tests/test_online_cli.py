@@ -63,11 +63,16 @@ def test_online_run_then_status(tmp_path):
     config = (tmp_path / "models.config").read_text()
     assert 'key: "canary" value: 2' in config and 'key: "stable" value: 1' in config
 
-    out = _run("online", "status", base, "--json", tmp_path / "status.json")
+    out = _run("online", "status", base, "--log", tmp_path / "log.db", "--json",
+               tmp_path / "status.json")
     assert out.returncode == 0, out.stderr
     status = json.loads((tmp_path / "status.json").read_text())
     assert status["stable"] == 1 and status["canary"] == 2
     assert [v["blessed"] for v in status["versions"]] == [None, True]
+    # per-version figures of the served traffic: the logged outputs all said class 0
+    assert status["versions"][0]["labelled"] == 300
+    assert status["versions"][0]["accuracy"] == pytest.approx(np.mean(ys == 0))
+    assert status["versions"][1]["labelled"] == 0
     assert "canary" in out.stdout
 
     bad = _run("online", "run", *common[:5], tmp_path / "missing.npz", *common[6:])

@@ -109,20 +109,32 @@ def register(app: typer.Typer) -> None:
     def status(
         model_base_path: Path = typer.Argument(..., help="The served model's base path."),
         state: Path | None = typer.Option(None, "--state", help="State folder."),
+        log: str | None = typer.Option(None, "--log", help="Request log: each version's "
+                                       "accuracy on its labelled requests (A/B figures)."),
+        model_name: str | None = typer.Option(None, "--model_name", help="Served name "
+                                              "(default: the base path's folder name)."),
+        since: str | None = typer.Option(None, "--since", help="Only requests this recent "
+                                         "(90s, 30m, 1h, 7d)."),
         json_path: Path | None = typer.Option(None, "--json", help="Write it as JSON."),
     ) -> None:
-        """Versions, their gate decisions, the labels and the canary.
+        """Versions, their gate decisions, the labels, the canary, and with --log each
+        version's accuracy on the labelled traffic it served.
 
-        Example: [bold]tfprod online status models/digits[/]
+        Example: [bold]tfprod online status models/digits --log requests.db --since 1h[/]
         """
+        import time
+
         from tfprod.online.status import online_status
 
-        s = online_status(model_base_path, state)
+        s = online_status(model_base_path, state, log_url=log, model=model_name,
+                          since=None if since is None else time.time() - _seconds(since))
         console.print(table(f"{s['base_path']}: round {s['round']}, stable {_fmt(s['stable'])}"
                             f", canary {_fmt(s['canary'])}",
-                            ["version", "label", "fate", "blessed", "holdout", "baseline"],
+                            ["version", "label", "fate", "blessed", "holdout", "baseline",
+                             "served acc", "labelled"],
                             [[v["version"], v["label"] or "-", v["fate"] or "-",
-                              _fmt(v["blessed"]), _fmt(v["holdout"]), _fmt(v["baseline"])]
+                              _fmt(v["blessed"]), _fmt(v["holdout"]), _fmt(v["baseline"]),
+                              _fmt(v["accuracy"]), v["labelled"]]
                              for v in s["versions"]]))
         if s["rejected_rounds"]:
             console.print(f"rejected candidates (kept in {s['state_dir']}/rejected): rounds "

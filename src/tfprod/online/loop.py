@@ -43,7 +43,7 @@ from tfprod.export.signature import output_names
 from tfprod.online.gate import GATE_FILE, check_holdout, evaluate_gate
 from tfprod.online.learner import Learner, make_learner
 from tfprod.online.prequential import Prequential
-from tfprod.online.rollout import verdict, write_models_config
+from tfprod.online.rollout import verdict, version_accuracy, write_models_config
 from tfprod.online.stream import Examples, LogStream
 
 MODEL_FILE = "assets.extra/tfprod/model.keras"
@@ -378,18 +378,9 @@ class OnlineLoop:
         return {"action": "canary", "version": result.version, "decision": decision, **summary}
 
     def _arm_counts(self) -> dict[int, tuple[int, int]]:
-        """(right, labelled) per version among requests served since the canary went out."""
-        name = output_names(self.learner.model)[0]
-        counts: dict[int, list[int]] = {}
-        for r in self.store.read(self.name, since=self.state["canary_since"]):
-            if r.label is None or name not in r.outputs:
-                continue
-            labels = np.asarray(r.label if isinstance(r.label, list) else [r.label] * r.rows)
-            right = int(np.sum(np.asarray(r.outputs[name]).argmax(-1) == labels))
-            cell = counts.setdefault(r.version, [0, 0])
-            cell[0] += right
-            cell[1] += r.rows
-        return {v: (k, n) for v, (k, n) in counts.items()}
+        """(right, labelled) per version among requests served since the candidate went out."""
+        return version_accuracy(self.store, self.name, since=self.state["canary_since"],
+                                output=output_names(self.learner.model)[0])
 
     def _judge_canary(self) -> dict[str, Any]:
         canary, stable = self.state["canary"], self.state["stable"]

@@ -16,6 +16,7 @@ import math
 import os
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from tfprod.errors import TfprodError
 
@@ -77,6 +78,28 @@ def verdict(canary: tuple[int, int], stable: tuple[int, int], *, min_requests: i
                        f"canary {acc_c:.4f} vs stable {acc_s:.4f}: worse (p={p:.3g})")
     return Verdict("promote", acc_c, acc_s, nc, ns, z, p,
                    f"canary {acc_c:.4f} vs stable {acc_s:.4f}: not worse (p={p:.3g})")
+
+
+def version_accuracy(store: Any, model: str, *, since: float | None = None,
+                     output: str | None = None) -> dict[int, tuple[int, int]]:
+    """``(right, labelled)`` per served version among the logged requests with a feedback
+    label (since ``since``): the per-version figures of an A/B split or a canary. The class
+    is the argmax of ``output`` (default: the first output with one score per class)."""
+    import numpy as np
+
+    counts: dict[int, list[int]] = {}
+    for r in store.read(model, since=since):
+        if r.label is None:
+            continue
+        name = output or next((k for k, v in r.outputs.items() if np.ndim(v) == 2), None)
+        if name is None or name not in r.outputs:
+            continue
+        labels = np.asarray(r.label if isinstance(r.label, list) else [r.label] * r.rows)
+        right = int(np.sum(np.asarray(r.outputs[name]).argmax(-1) == labels))
+        cell = counts.setdefault(r.version, [0, 0])
+        cell[0] += right
+        cell[1] += r.rows
+    return {v: (k, n) for v, (k, n) in sorted(counts.items())}
 
 
 def models_config_text(name: str, base_path: str, stable: int, canary: int | None = None,

@@ -18,9 +18,12 @@ def list_versions(base: str) -> list[int]:
                   if e.name.isascii() and e.name.isdigit() and e.is_dir())
 
 
-def online_status(base_path: str | os.PathLike, state_dir: str | os.PathLike | None = None
-                  ) -> dict[str, Any]:
-    """Versions with their gate decisions, the labels, the canary and the last events."""
+def online_status(base_path: str | os.PathLike, state_dir: str | os.PathLike | None = None,
+                  *, log_url: str | None = None, model: str | None = None,
+                  since: float | None = None) -> dict[str, Any]:
+    """Versions with their gate decisions, the labels, the canary and the last events; with
+    ``log_url`` (and the served ``model`` name) also each version's accuracy on its labelled
+    requests since ``since`` (an A/B split's per-version figures)."""
     base = os.path.abspath(os.fspath(base_path))
     state_dir = os.fspath(state_dir or f"{base}.online")
     state: dict[str, Any] = {}
@@ -54,6 +57,19 @@ def online_status(base_path: str | os.PathLike, state_dir: str | os.PathLike | N
     rejected = sorted(int(d) for d in os.listdir(os.path.join(state_dir, "rejected"))
                       if d.isdigit()) if os.path.isdir(os.path.join(state_dir, "rejected")) \
         else []
+    served: dict[int, tuple[int, int]] = {}
+    if log_url is not None:
+        from tfprod.monitor.store import open_store
+        from tfprod.online.rollout import version_accuracy
+
+        store = open_store(log_url, create=False)
+        try:
+            served = version_accuracy(store, model or os.path.basename(base), since=since)
+        finally:
+            store.close()
+    for row in versions:
+        right, n = served.get(row["version"], (0, 0))
+        row["labelled"], row["accuracy"] = n, (right / n if n else None)
     return {"base_path": base, "state_dir": state_dir, "round": state.get("round", 0),
             "stable": state.get("stable"), "canary": state.get("canary"),
             "strategy": state.get("strategy"), "versions": versions,
