@@ -143,6 +143,53 @@ def test_ewc_anchor_holds_the_weights_that_mattered(digits):
     assert scores["ewc"] > scores["finetune"] + 0.1, scores
 
 
+def test_log_stream_releases_an_example_when_its_label_arrives(tmp_path):
+    from tfprod.monitor.records import LogRecord
+    from tfprod.monitor.store import open_store
+    from tfprod.online import LogStream
+
+    store = open_store(str(tmp_path / "log.db"))
+    x = np.arange(12, dtype=np.float32).reshape(6, 2)
+    store.write(LogRecord(f"r{i}", 100.0 + i, "m", 1, "serving_default", {"x": x[i:i + 1]},
+                          {"p": np.zeros((1, 3))}, 1.0) for i in range(5))
+    store.write([LogRecord("pair", 106.0, "m", 1, "serving_default", {"x": x[4:6]},
+                           {"p": np.zeros((2, 3))}, 1.0)])
+    stream = LogStream(str(tmp_path / "log.db"), "m")
+    assert len(stream.poll()) == 0  # served, not labelled yet
+    store.add_feedback("m", [("r3", 2), ("r1", 0)], time=200.0)
+    got = stream.poll()
+    assert got.ids == ["r1", "r3"] and got.y.tolist() == [0, 2]
+    np.testing.assert_array_equal(got.x["x"], x[[1, 3]])
+    assert len(stream.poll()) == 0  # each label is learned once
+    store.add_feedback("m", [("r0", 1), ("pair", [1, 2])], time=300.0)
+    late = stream.poll()
+    assert late.ids == ["r0", "pair", "pair"] and late.y.tolist() == [1, 1, 2]
+    resumed = LogStream(str(tmp_path / "log.db"), "m")
+    resumed.load_state({"after": 200.0})
+    assert resumed.poll().ids == ["r0", "pair", "pair"]
+    store.add_feedback("m", [("r2", "seven")], time=400.0)
+    with pytest.raises(TfprodError, match="label 'seven' is not a number"):
+        stream.poll()
+    for s in (stream, resumed):
+        s.close()
+    store.close()
+
+
+def test_folder_stream_reads_each_new_file_once(tmp_path):
+    from tfprod.online import FolderStream
+
+    stream = FolderStream(tmp_path)
+    (tmp_path / "a.csv").write_text("x1,x2,label\n1,2,0\n3,4,1\n")
+    (tmp_path / ".partial.csv").write_text("x1,x2,label\n9,9,9\n")
+    got = stream.poll()
+    assert got.y.tolist() == [0, 1] and got.x["x2"].tolist() == [2, 4]
+    assert len(stream.poll()) == 0
+    np.savez(tmp_path / "b.npz", x1=np.array([5.0]), x2=np.array([6.0]), labels=np.array([2]))
+    assert stream.poll().y.tolist() == [2]
+    with pytest.raises(TfprodError, match="no such folder"):
+        FolderStream(tmp_path / "missing")
+
+
 # ---------------------------------------------------------------------------- gate
 
 
