@@ -509,3 +509,14 @@ def test_a_stream_that_stops_ends_the_loop_without_publishing(served, tmp_path):
     assert loop.stream.done and list_versions(base) == [1]
     assert 'key: "stable" value: 1' in (tmp_path / "models.config").read_text()
     loop.close()
+
+
+def test_extra_files_stay_under_assets_extra(tmp_path):
+    from tfprod.export.savedmodel import _write_extra_file
+
+    path = _write_extra_file(str(tmp_path), "assets.extra/tfprod/gate.json", b"{}")
+    assert (tmp_path / "assets.extra" / "tfprod" / "gate.json").read_bytes() == b"{}"
+    assert path.endswith("gate.json")
+    for bad in ("../gate.json", "assets.extra/../x", "variables/x", "assets.extra"):
+        with pytest.raises(TfprodError, match="expected a relative path under assets.extra/"):
+            _write_extra_file(str(tmp_path), bad, b"")
