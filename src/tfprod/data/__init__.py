@@ -10,14 +10,19 @@
 - Data larger than memory: :func:`from_generator`, file caches (``cache="path"``).
 - Data checks: :func:`inspect_dataset`, :func:`inspect_path`.
 - Sample data that ships with scikit-learn: :func:`write_sample`, :func:`load_digits`.
+- Interactions for recommenders: :func:`synthetic_interactions` (known low-rank preferences,
+  popularity skew), :func:`read_movielens`, :class:`Interactions` (per-user holdout).
+- A generated sequence task (content x length, long-tail lengths): :func:`sequence_task`.
 """
 
 from tfprod.data.generators import from_generator
 from tfprod.data.images import ImageFolder, image_folder, list_image_folder
 from tfprod.data.inspect import Finding, InspectReport, inspect_dataset, inspect_path
+from tfprod.data.interactions import Interactions, read_movielens, synthetic_interactions
 from tfprod.data.options import cache_dataset, naive_options
 from tfprod.data.sample import load_digits, write_sample
 from tfprod.data.schema import FeatureSpec, Schema
+from tfprod.data.sequence_task import sequence_task
 from tfprod.data.sequences import (
     RaggedToDense,
     bucket_boundaries,
@@ -40,6 +45,7 @@ __all__ = [
     "ImageFiles",
     "ImageFolder",
     "InspectReport",
+    "Interactions",
     "LabelTask",
     "Schema",
     "RaggedToDense",
@@ -64,7 +70,10 @@ __all__ = [
     "ragged_batches",
     "ragged_to_padded",
     "read_csv",
+    "read_movielens",
     "read_tfrecords",
+    "sequence_task",
+    "synthetic_interactions",
     "write_sample",
     "write_tfrecords",
 ]

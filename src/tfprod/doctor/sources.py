@@ -32,6 +32,8 @@ def load_model(spec: str) -> keras.Model:
         if not os.path.exists(spec):
             raise TfprodError(f"--model {spec}: no such file")
         try:
+            import tfprod.models  # noqa: F401 - registers tfprod's layers and models
+
             model = keras.saving.load_model(spec)
         except Exception as e:  # a corrupt or foreign file: say so in one line
             raise TfprodError(f"--model {spec}: cannot load it as a Keras model "

@@ -9,7 +9,12 @@
   training (optimizer state included) and weights only.
 - :func:`to_litert`, :class:`LiteRTConverter`, :class:`LiteRTModel`: LiteRT files (float32,
   dynamic-range, float16, int8) and the LiteRT interpreter on all cores.
-- :func:`predict`, :func:`load_predictor`: batched inference with any exported variant.
+- :func:`predict`, :func:`load_predictor`: batched inference with any exported variant (one
+  input, or several named inputs).
+- :class:`RaggedInput`: a model input served as variable-length lists (``NAME.values`` +
+  ``NAME.row_lengths``, padded and masked inside the signature).
+- :func:`export_recommender`: a :class:`~tfprod.models.Recommender` with ``serving_default``
+  (pair scores) and ``recommend`` (top-k, seen items left out).
 """
 
 from tfprod.export.examples import Examples, collect_examples
@@ -17,6 +22,8 @@ from tfprod.export.keras_files import load_keras, save_keras, save_weights
 from tfprod.export.litert import LiteRTConverter, LiteRTModel, to_litert
 from tfprod.export.predict import PredictResult, load_predictor, predict
 from tfprod.export.publish import check_base, list_versions, next_version
+from tfprod.export.ragged import RaggedInput
+from tfprod.export.recommender import export_recommender
 from tfprod.export.reference import REFERENCE_FILE, load_reference_stats, reference_stats
 from tfprod.export.savedmodel import ExportResult, build_archive, export_saved_model
 from tfprod.export.signature import ServingInputs, read_signatures, serving_inputs
@@ -30,10 +37,12 @@ __all__ = [
     "LiteRTConverter",
     "LiteRTModel",
     "PredictResult",
+    "RaggedInput",
     "ServingInputs",
     "build_archive",
     "check_base",
     "collect_examples",
+    "export_recommender",
     "export_saved_model",
     "list_versions",
     "load_keras",
