@@ -292,15 +292,9 @@ class OnlineLoop:
         from tfprod.export.predict import SavedModelPredictor
 
         if version not in self._serving:
-            predictor = SavedModelPredictor(os.path.join(self.base, str(version)),
-                                            output=output_names(self.learner.model)[0])
-
-            def predict(x: dict[str, np.ndarray]) -> np.ndarray:
-                if predictor.input_names is None:
-                    return predictor(x[predictor.input_name])
-                return predictor(x)
-
-            self._serving = {version: predict}
+            self._serving = {version: SavedModelPredictor(  # takes inputs by name
+                os.path.join(self.base, str(version)),
+                output=output_names(self.learner.model)[0])}
         return self._serving[version]
 
     def _valid(self, examples: Examples) -> Examples:
