@@ -135,7 +135,8 @@ def register(app: typer.Typer) -> None:
         canary_percent: float = typer.Option(
             0, "--canary_percent", help="While a model has 'stable' and 'canary' version "
             "labels, this share (0-100) of unversioned requests goes to the canary; the rest "
-            "to stable. Requests with an X-Request-Id stay on one side."),
+            "to stable (0: TF Serving's rule, the latest version). Requests with an "
+            "X-Request-Id stay on one side."),
     ) -> None:
         """Serve SavedModels over TF Serving's REST and gRPC APIs (tensorflow_model_server flags).
 

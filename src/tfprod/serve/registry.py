@@ -207,11 +207,12 @@ class ModelRegistry:
         num_request_threads: threads running unbatched requests (default: CPU count).
         runtime: "tensorflow" or "litert" for models whose spec names no platform (see
             :mod:`tfprod.serve.litert`).
-        canary_percent: while a model has both a ``stable`` and a ``canary`` version label
-            (both AVAILABLE), requests that name neither a version nor a label go to the canary
-            with this probability (0-100) and to the stable version otherwise, instead of to
-            the latest version; a request with a routing key (the client's ``X-Request-Id``)
-            always lands on the same side (see :func:`canary_share`).
+        canary_percent: when above 0, while a model has both a ``stable`` and a ``canary``
+            version label (both AVAILABLE), requests that name neither a version nor a label
+            go to the canary with this probability (0-100) and to the stable version
+            otherwise, instead of to the latest version (TF Serving's rule, kept at 0); a
+            request with a routing key (the client's ``X-Request-Id``) always lands on the
+            same side (see :func:`canary_share`).
     """
 
     def __init__(self, specs: Sequence[ModelSpec] = (), *,
@@ -632,8 +633,10 @@ class ModelRegistry:
             latest = versions[max(wanted)] if wanted else None
             labels = dict(model.spec.labels)
             pair = (versions.get(labels.get(STABLE, -1)), versions.get(labels.get(CANARY, -1)))
-            split = pair if pair[0] is not None and pair[1] is not None and \
-                pair[0] is not pair[1] else None
+            # Only with --canary_percent > 0: otherwise unversioned requests go to the latest
+            # version, as in TF Serving, whatever the labels.
+            split = pair if self.canary_percent > 0 and pair[0] is not None and \
+                pair[1] is not None and pair[0] is not pair[1] else None
             shadow = versions.get(labels.get(SHADOW, -1))
             if shadow is not None and versions.get(labels.get(STABLE, -1)) is not None:
                 latest = versions[labels[STABLE]]  # the shadow answers nobody
