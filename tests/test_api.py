@@ -7,8 +7,8 @@ import pytest
 
 @pytest.mark.parametrize("module", ["tfprod", "tfprod.data", "tfprod.models", "tfprod.train",
                                     "tfprod.doctor", "tfprod.export", "tfprod.optimize",
-                                    "tfprod.serve", "tfprod.monitor", "tfprod.rl",
-                                    "tfprod.migrate"])
+                                    "tfprod.serve", "tfprod.monitor", "tfprod.online",
+                                    "tfprod.rl", "tfprod.migrate"])
 def test_all_names_exist(module):
     mod = importlib.import_module(module)
     assert mod.__all__, f"{module} publishes nothing"
@@ -68,5 +68,22 @@ def test_monitor_loads_without_tensorflow():
 
     code = ("import sys, tfprod.monitor; from tfprod.monitor import detect_drift, Profile; "
             "print('tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_online_surface_and_lazy_import():
+    import subprocess
+    import sys
+
+    import tfprod.online as o
+
+    for name in ("LogStream", "FolderStream", "IterableStream", "ReservoirBuffer", "FineTune",
+                 "Replay", "EWC", "LwF", "make_learner", "Prequential", "PageHinkley",
+                 "evaluate_gate", "GateDecision", "two_proportion_test", "write_models_config",
+                 "OnlineLoop", "online_status"):
+        assert name in o.__all__
+    code = ("import sys, tfprod.online; from tfprod.online import two_proportion_test, "
+            "PageHinkley, ReservoirBuffer, online_status; print('tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

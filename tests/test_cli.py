@@ -98,7 +98,15 @@ def test_quickstart_end_to_end(tmp_path):
     assert "validation accuracy" in r.stdout
     assert [s["stage"] for s in result["stages"]] == [
         "sample data", "pipeline", "inspect", "doctor", "train", "save + evaluate", "export",
-        "optimize", "serve", "monitor"]
+        "optimize", "serve", "monitor", "online"]
+    online = result["online"]
+    assert online["round"] in ("canary", "rejected")  # the gate decided, either way
+    if online["round"] == "canary":
+        assert online["verdict"] in ("promote", "rollback")
+        assert online["stable"] == (2 if online["verdict"] == "promote" else 1)
+        gate = json.loads((tmp_path / "qs" / "models" / "digits" / "2" / "assets.extra" /
+                           "tfprod" / "gate.json").read_text())
+        assert gate["blessed"] and gate["baseline_version"] == 1
     assert (tmp_path / "qs" / "model.keras").exists()
     version = tmp_path / "qs" / "models" / "digits" / "1"
     assert (version / "saved_model.pb").exists()

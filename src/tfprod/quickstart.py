@@ -1,5 +1,5 @@
 """The main job: sample data -> pipeline -> inspect -> doctor -> train -> save -> export ->
-optimize -> serve -> monitor.
+optimize -> serve -> monitor -> online.
 
 Each stage returns plain data that the CLI prints as one compact table; later stages of the
 lifecycle (monitor, online) add their step here.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import time
 from collections.abc import Callable
 from typing import Any
@@ -33,6 +34,7 @@ class QuickstartResult:
     validation_accuracy: float | None = None  # of the epoch kept, on held-out training images
     best_epoch: int | None = None
     drift: list[dict[str, Any]] | None = None  # clean and shifted traffic vs the reference
+    online: dict[str, Any] | None = None  # the online round: gate decision, canary verdict
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -70,6 +72,7 @@ def run(
     from tfprod.export import export_saved_model
     from tfprod.models import small_cnn
     from tfprod.monitor.model import penultimate
+    from tfprod.online.loop import MODEL_FILE
     from tfprod.optimize.compare import optimize
     from tfprod.train import GradientStats, RichProgress, Trainer
 
@@ -161,9 +164,14 @@ def run(
     # A random half (the test folder is read class by class): the other half is clean traffic.
     order = np.random.default_rng(seed).permutation(len(images))
     held, unseen = order[:len(images) // 2], order[len(images) // 2:]
+    with open(model_path, "rb") as f:  # inside the version: the online loop continues it
+        keras_bytes = f.read()
+    for stale in ("2", "3"):  # versions an earlier run's online stage published
+        shutil.rmtree(os.path.join(base, stale), ignore_errors=True)
     exported = export_saved_model(restored, base, version=1, overwrite=True,
                                   reference_data=(images[held], labels[held]),
-                                  extra_endpoints={"embedding": penultimate(restored)})
+                                  extra_endpoints={"embedding": penultimate(restored)},
+                                  extra_files={MODEL_FILE: keras_bytes})
     stage("export", t0, result=f"SavedModel version {exported.version} in TF Serving's layout, "
           f"{exported.warmup_requests} warmup requests, an embedding endpoint, reference "
           f"statistics and sample of {exported.reference_examples} held-out examples")
@@ -195,6 +203,10 @@ def run(
     stage("monitor", t0, result=f"tfprod.monitor on the request log vs the reference: "
           f"{verdicts} (brightness +60, contrast x0.6; FDR 0.01)")
 
+    t0 = time.perf_counter()
+    online = online_round(base, shift_images(images[unseen]), labels[unseen], out=out)
+    stage("online", t0, result=online["summary"])
+
     artifacts = {
         "sample data": data_dir,
         "doctor report": doctor_path,
@@ -207,11 +219,87 @@ def run(
         "request log": f"{request_log}  (tfprod monitor report --model_base_path={base} "
                        f"--log={request_log} --since=1h)",
         "drift report": html,
+        "online loop": f"{online['state']}  (tfprod online status {base})",
     }
     return QuickstartResult(out, stages, artifacts, accuracy,
                             round(time.perf_counter() - start, 1), optimize=report,
                             serving=serving, validation_accuracy=validation_accuracy,
-                            best_epoch=best.best_epoch + 1, drift=drift)
+                            best_epoch=best.best_epoch + 1, drift=drift, online=online)
+
+
+def online_round(base: str, images: Any, labels: Any, *, out: str) -> dict[str, Any]:
+    """One round of ``tfprod.online`` against a running ``tfprod serve``: the shifted images
+    are served with request ids and their labels sent as feedback; the loop learns them
+    (replay), gates the candidate against version 1 on its held-out reference sample, and
+    publishes it as the canary; half of the next labelled traffic goes to it, and the canary
+    is promoted or rolled back on that traffic."""
+    import httpx
+    import numpy as np
+
+    from tfprod.online import OnlineLoop
+    from tfprod.online.rollout import write_models_config
+    from tfprod.serve.process import ServerProcess
+
+    pixels = np.round(np.asarray(images)).astype(np.uint8)
+    half = len(pixels) // 2
+    config, log = os.path.join(out, "models.config"), os.path.join(out, "online.db")
+    state = os.path.join(out, "online")
+    for stale in (log, config):
+        if os.path.exists(stale):
+            os.remove(stale)
+    shutil.rmtree(state, ignore_errors=True)
+    write_models_config(config, "digits", base, 1)
+    flags = [f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=0.2",
+             f"--request_log={log}", "--monitoring_interval_seconds=0",
+             "--file_system_poll_wait_seconds=0", "--canary_percent=50"]
+
+    def send(client: Any, part: slice, prefix: str) -> None:
+        ids = []
+        for i in range(part.start, part.stop):
+            r = client.post("/v1/models/digits:predict", json={"instances": [
+                pixels[i].tolist()]}, headers={"X-Request-Id": f"{prefix}-{i}"})
+            r.raise_for_status()
+            ids.append(f"{prefix}-{i}")
+        client.post("/v1/models/digits:feedback", json={"feedback": [
+            {"request_id": rid, "label": int(labels[int(rid.rsplit("-", 1)[1])])}
+            for rid in ids]}).raise_for_status()
+
+    with ServerProcess("digits", None, log=os.path.join(out, "online-serve.log"),
+                       flags=flags) as server, httpx.Client(
+            base_url=f"http://127.0.0.1:{server.rest_port}", timeout=30) as client:
+        loop = OnlineLoop(base, base, model_config_file=config, log_url=log,
+                          model_name="digits", state_dir=state, min_examples=half // 2,
+                          canary_min_requests=max(half // 4, 1), margin=0.03)
+        try:
+            send(client, slice(0, half), "feedback")
+            first = loop.step()
+            decision = first.get("decision")
+            gate = "no round (too few labels)" if decision is None else (
+                f"gate {'blessed' if decision.blessed else 'refused'} (holdout "
+                f"{decision.candidate:.3f} vs v1 {decision.baseline:.3f}, window "
+                f"{first['window_accuracy']:.3f})")
+            verdict = {"action": "none"}
+            if first["action"] == "canary":
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline and client.get(
+                        f"/v1/models/digits/versions/{first['version']}").status_code != 200:
+                    time.sleep(0.2)
+                time.sleep(0.5)  # the labels apply once the version is AVAILABLE
+                send(client, slice(half, len(pixels)), "canary")
+                verdict = loop.step()
+        finally:
+            loop.close()
+    if verdict["action"] in ("promote", "rollback"):
+        def fmt(v: float | None) -> str:
+            return "-" if v is None else f"{v:.3f}"
+
+        summary = (f"{gate}; canary v{first['version']} {fmt(verdict['canary_accuracy'])} vs "
+                   f"stable {fmt(verdict['stable_accuracy'])} on live shifted traffic: "
+                   f"{'promoted' if verdict['action'] == 'promote' else 'rolled back'}")
+    else:
+        summary = f"{gate}; {verdict.get('reason', 'no canary')}"
+    return {"summary": summary, "round": first.get("action"), "verdict": verdict["action"],
+            "state": state, "stable": loop.state["stable"]}
 
 
 def shift_images(images: Any, *, brightness: float = 60.0, contrast: float = 0.6) -> Any:

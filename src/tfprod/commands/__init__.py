@@ -10,7 +10,7 @@ from __future__ import annotations
 import typer
 
 MODULES: tuple[str, ...] = ("quickstart", "data", "models", "train", "doctor", "export",
-                            "optimize", "serve", "monitor", "rl", "migrate")
+                            "optimize", "serve", "monitor", "online", "rl", "migrate")
 
 
 def group(app: typer.Typer, name: str, help: str) -> typer.Typer:

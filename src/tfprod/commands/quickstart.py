@@ -16,8 +16,8 @@ def quickstart(
     json_path: Path | None = typer.Option(None, "--json", help="Also write the report as JSON."),
 ) -> None:
     """Run the main job end to end on sample digits: data, pipeline, doctor, training, export,
-    optimize, serving over TF Serving's REST API with a request log, and drift of clean and
-    shifted traffic.
+    optimize, serving over TF Serving's REST API with a request log, drift of clean and
+    shifted traffic, and one online round on the shifted traffic (gate, canary, verdict).
 
     Example: [bold]tfprod quickstart --out /tmp/qs --epochs 5[/]
     """

@@ -138,6 +138,11 @@ def register(app: typer.Typer) -> None:
         monitoring_interval_seconds: float = typer.Option(
             60, "--monitoring_interval_seconds",
             help="Drift of the logged window vs the reference this often; 0: never."),
+        canary_percent: float = typer.Option(
+            0, "--canary_percent", help="While a model has 'stable' and 'canary' version "
+            "labels, this share (0-100) of unversioned requests goes to the canary; the rest "
+            "to stable (0: TF Serving's rule, the latest version). Requests with an "
+            "X-Request-Id stay on one side."),
     ) -> None:
         """Serve SavedModels over TF Serving's REST and gRPC APIs (tensorflow_model_server flags).
 
@@ -163,7 +168,8 @@ def register(app: typer.Typer) -> None:
             grpc_host=grpc_host, max_body_bytes=max_body_bytes, grpc_max_threads=grpc_max_threads,
             tensorflow_intra_op_parallelism=tensorflow_intra_op_parallelism,
             tensorflow_inter_op_parallelism=tensorflow_inter_op_parallelism, runtime=runtime,
-            drain_seconds=drain_seconds, drain_delay_seconds=drain_delay_seconds)
+            drain_seconds=drain_seconds, drain_delay_seconds=drain_delay_seconds,
+            canary_percent=canary_percent)
         raise typer.Exit(run(options, log=_log,
                              hooks=_monitor(options, request_log, monitoring_interval_seconds,
                                             request_log_buffer)))

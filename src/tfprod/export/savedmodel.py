@@ -279,6 +279,7 @@ def export_saved_model(
     warmup: int = 4,
     top_k: int | None = None,
     extra_endpoints: Mapping[str, Any] | None = None,
+    extra_files: Mapping[str, bytes] | None = None,
     input_signature: Any = None,
     ragged_inputs: Mapping[str, RaggedInput] | None = None,
     embedding: bool = False,
@@ -309,6 +310,9 @@ def export_saved_model(
             (kept as is), or a callable that takes the model's inputs (a tensor, or a dict for
             a multi-input model) and returns a tensor or a dict of named tensors. An
             ``embedding`` endpoint's outputs on the reference sample are kept with it.
+        extra_files: path relative to the version folder (under ``assets.extra/``) -> bytes,
+            written before the version is published (e.g. the gate's decision of
+            :mod:`tfprod.online`), so they appear with it, never after it.
         input_signature: the serving inputs, for a model whose inputs Keras cannot name: a
             ``tf.TensorSpec``, a list, or a dict of name -> ``tf.TensorSpec`` (a subclassed
             model taking a dict). Default: from ``keras.Input``, or for a subclassed model
@@ -376,6 +380,8 @@ def export_saved_model(
         task = find_task(model)
         if task is not None:
             files["task"] = write_task(tmp, task)
+        for relative, data in (extra_files or {}).items():
+            files[relative] = _write_extra_file(tmp, relative, data)
         say("loading it back to check it")
         loaded = tf.saved_model.load(tmp)
         endpoints = {k: describe(f) for k, f in sorted(loaded.signatures.items())}
@@ -400,6 +406,18 @@ def export_saved_model(
                             ragged_examples[0] if ragged_examples is not None else 0),
         size_bytes=folder_size(path), seconds=time.perf_counter() - start,
         files={k: os.path.join(path, os.path.relpath(v, tmp)) for k, v in files.items()})
+
+
+def _write_extra_file(tmp: str, relative: str, data: bytes) -> str:
+    parts = relative.replace("\\", "/").split("/")
+    if parts[0] != "assets.extra" or len(parts) < 2 or any(p in ("", ".", "..") for p in parts):
+        raise TfprodError(f"extra file {relative!r}; expected a relative path under "
+                          "assets.extra/, e.g. assets.extra/tfprod/gate.json")
+    path = os.path.join(tmp, *parts)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
 
 
 def _write_extras(tmp: str, examples: Examples | None, predictions: Any, model_name: str,

@@ -120,6 +120,25 @@ class Store:
                                  None if label is None else json.loads(label)))
         return out
 
+    def read_labelled(self, model: str, *, after: float | None = None,
+                      limit: int | None = None) -> list[tuple[LogRecord, float]]:
+        """Logged requests whose label arrived after ``after`` (feedback time, epoch seconds),
+        with that time, in the order the labels arrived: the stream a learner consumes."""
+        where, params = ["r.model = ?"], [model]
+        if after is not None:
+            where.append("f.time > ?")
+            params.append(after)
+        sql = (f"SELECT r.request_id, r.time, r.model, r.version, r.signature, r.latency_ms, "
+               f"r.inputs, r.outputs, f.label, f.time FROM request_log r JOIN feedback f "
+               f"ON f.request_id = r.request_id AND f.model = r.model "
+               f"WHERE {' AND '.join(where)} ORDER BY f.time, r.id")
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [(LogRecord(rid, float(t), m, int(v), sig, decode_tensors(inputs),
+                           decode_tensors(outputs), float(lat), json.loads(label)), float(ft))
+                for rid, t, m, v, sig, lat, inputs, outputs, label, ft
+                in self._execute(self._q(sql), params)]
+
     def count(self, model: str | None = None) -> int:
         if model is None:
             return int(self._execute("SELECT COUNT(*) FROM request_log")[0][0])

@@ -155,8 +155,11 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         batcher = self.registry.batcher
         batcher.expect()  # a batch waiting for more requests waits for this one
         expected = True
+        metadata = dict(context.invocation_metadata() or ())
         try:
-            with self.registry.acquire(name, version, label) as servable:
+            # A client's own request id keeps it on one side of a canary rollout.
+            with self.registry.acquire(name, version, label,
+                                       metadata.get("x-request-id")) as servable:
                 sig = _signature(servable, request.model_spec.signature_name, "predict")
                 inputs = _decode_inputs(request.inputs, sig)
                 wanted = _output_filter(request.output_filter, sig)
@@ -170,7 +173,6 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 batcher.unexpect()
         hooks = getattr(self.registry, "hooks", None)
         if hooks is not None:  # the request log: queues and returns
-            metadata = dict(context.invocation_metadata() or ())
             rid = request_id(metadata.get("x-request-id"))
             context.set_trailing_metadata((("x-request-id", rid),))
             hooks.on_predict(name, served, sig.name, inputs, outputs,

@@ -42,6 +42,9 @@ LOAD_ATTEMPT_COUNT = ":tensorflow:cc:saved_model:load_attempt_count"
 MODEL_VERSION_STATE = ":tfprod:serving:model_version_state"
 CONFIG_RELOAD_ERRORS = ":tfprod:model_config:reload_errors"
 CONFIG_APPLIED = ":tfprod:model_config:applied"
+ROLLOUT_REQUESTS = ":tfprod:rollout:requests"
+ROLLOUT_VERSION = ":tfprod:rollout:version"
+ROLLOUT_CANARY_PERCENT = ":tfprod:rollout:canary_percent"
 STATES = ("START", "LOADING", "AVAILABLE", "UNLOADING", "END")
 
 
@@ -178,6 +181,16 @@ class ServingMetrics(Collector):
         self.config_applied = _Family(
             CONFIG_APPLIED, "1 when the --model_config_file on disk is the config being served, "
             "0 while its last change could not be applied.", "gauge")
+        self.rollout_requests = _Family(
+            ROLLOUT_REQUESTS, "Requests without a version or label, by the version the "
+            "rollout sent them to (arm: stable or canary).", "counter",
+            ("model_name", "version", "arm"))
+        self.rollout_version = _Family(
+            ROLLOUT_VERSION, "The version each rollout label names (stable, canary).", "gauge",
+            ("model_name", "label"))
+        self.rollout_canary_percent = _Family(
+            ROLLOUT_CANARY_PERCENT, "Share of unversioned traffic sent to the canary, in "
+            "percent.", "gauge", ("model_name",))
         self._families = [v for v in vars(self).values() if isinstance(v, _Family)]
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
@@ -226,6 +239,14 @@ class ServingMetrics(Collector):
         if not ok:
             self.config_reload_errors.inc(())
         self.config_applied.set((), 1.0 if ok else 0.0)
+    def set_rollout(self, model: str, labels: dict[str, int], canary_percent: float) -> None:
+        """The versions the ``stable`` and ``canary`` labels name now."""
+        for label in ("stable", "canary"):
+            if label in labels:
+                self.rollout_version.set((model, label), float(labels[label]))
+            else:
+                self.rollout_version.remove((model, label))
+        self.rollout_canary_percent.set((model,), canary_percent if "canary" in labels else 0.0)
 
     # ------------------------------------------------------------------------ exposition
 

@@ -25,13 +25,14 @@ class ServerProcess:
 
     Args:
         model_name: ``--model_name``.
-        base_path: ``--model_base_path`` (numbered version folders).
+        base_path: ``--model_base_path`` (numbered version folders); None when ``flags``
+            give ``--model_config_file``.
         log: file that receives the server's output.
         flags: more ``tensorflow_model_server`` flags, e.g. ``["--enable_batching"]``.
         ready_timeout: seconds to wait for readiness before giving up (and stopping it).
     """
 
-    def __init__(self, model_name: str, base_path: str | os.PathLike, *,
+    def __init__(self, model_name: str, base_path: str | os.PathLike | None, *,
                  log: str | os.PathLike, flags: tuple[str, ...] | list[str] = (),
                  ready_timeout: float = 120.0):
         from tfprod.train.cluster import free_ports
@@ -41,7 +42,8 @@ class ServerProcess:
         self.ready_timeout = ready_timeout
         self.command = [
             sys.executable, "-m", "tfprod", "serve", f"--model_name={model_name}",
-            f"--model_base_path={os.fspath(base_path)}", f"--port={self.grpc_port}",
+            *([] if base_path is None else [f"--model_base_path={os.fspath(base_path)}"]),
+            f"--port={self.grpc_port}",
             f"--rest_api_port={self.rest_port}", "--rest_api_host=127.0.0.1",
             "--grpc_host=127.0.0.1", *flags]
         self.proc: subprocess.Popen | None = None

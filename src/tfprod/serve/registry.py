@@ -21,8 +21,10 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import random
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -113,11 +115,22 @@ class _Model:
         self.listing_error: str | None = None
 
 
+STABLE, CANARY, SHADOW = "stable", "canary", "shadow"
+
+
 @dataclass(frozen=True)
 class _Route:
     latest: Servable | None
     versions: dict[int, Servable]
     labels: dict[str, int]
+    canary: tuple[Servable, Servable] | None = None  # (stable, canary) while both serve
+    shadow: Servable | None = None  # gets a copy of unversioned requests; answers nobody
+
+
+def canary_share(key: str, percent: float) -> bool:
+    """Whether the request keyed ``key`` goes to the canary: the same key always lands on the
+    same side (crc32 of the key into 10,000 buckets)."""
+    return zlib.crc32(key.encode("utf-8", "surrogatepass")) % 10_000 < percent * 100
 
 
 def _check(kind: str, value: str) -> None:
@@ -194,6 +207,12 @@ class ModelRegistry:
         num_request_threads: threads running unbatched requests (default: CPU count).
         runtime: "tensorflow" or "litert" for models whose spec names no platform (see
             :mod:`tfprod.serve.litert`).
+        canary_percent: when above 0, while a model has both a ``stable`` and a ``canary``
+            version label (both AVAILABLE), requests that name neither a version nor a label
+            go to the canary with this probability (0-100) and to the stable version
+            otherwise, instead of to the latest version (TF Serving's rule, kept at 0); a
+            request with a routing key (the client's ``X-Request-Id``) always lands on the
+            same side (see :func:`canary_share`).
     """
 
     def __init__(self, specs: Sequence[ModelSpec] = (), *,
@@ -201,9 +220,13 @@ class ModelRegistry:
                  poll_wait_seconds: float = 1.0, metrics: ServingMetrics | None = None,
                  on_event: Callable[[ServingEvent], None] | None = None,
                  unload_grace_s: float = 0.5, num_request_threads: int | None = None,
-                 runtime: str = "tensorflow"):
+                 runtime: str = "tensorflow", canary_percent: float = 0.0):
         if runtime not in RUNTIMES:
             raise invalid_argument(f"runtime {runtime!r}; expected one of {list(RUNTIMES)}")
+        if not 0.0 <= canary_percent <= 100.0:
+            raise invalid_argument(f"canary_percent {canary_percent}; expected 0 to 100")
+        self.canary_percent = float(canary_percent)
+        self._random = random.Random()
         self.metrics = metrics if metrics is not None else current()
         self.runtime = runtime
         self.batching = batching
@@ -290,8 +313,11 @@ class ModelRegistry:
 
     # ------------------------------------------------------------------------ routing
 
-    def get(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
-        """The servable for a request: a version, a label's version, or the latest AVAILABLE.
+    def get(self, name: str, version: int | None = None, label: str | None = None,
+            key: str | None = None) -> Servable:
+        """The servable for a request: a version, a label's version, or the latest AVAILABLE
+        (the stable or the canary version while a canary is out; ``key`` makes that choice
+        sticky, see ``canary_percent``).
 
         Raises:
             ServingError: INVALID_ARGUMENT (bad name/label, or both version and label),
@@ -322,10 +348,18 @@ class ModelRegistry:
             return servable
         if route is None or route.latest is None:
             raise not_found(f"Servable not found for request: Latest({name})")
+        if route.canary is not None:
+            stable, canary = route.canary
+            to_canary = (canary_share(key, self.canary_percent) if key is not None
+                         else self._random.random() * 100 < self.canary_percent)
+            chosen = canary if to_canary else stable
+            self.metrics.rollout_requests.inc((name, str(chosen.version),
+                                               CANARY if to_canary else STABLE))
+            return chosen
         return route.latest
 
-    def hold(self, name: str, version: int | None = None, label: str | None = None
-             ) -> Servable:
+    def hold(self, name: str, version: int | None = None, label: str | None = None,
+             key: str | None = None) -> Servable:
         """Like :meth:`get`, and holds the version until ``servable.release()``: an unload waits
         for it. :meth:`acquire` is the same as a context manager.
 
@@ -333,17 +367,17 @@ class ModelRegistry:
             ServingError: as :meth:`get`; UNAVAILABLE when the version is unloaded meanwhile.
         """
         for _ in range(3):
-            servable = self.get(name, version, label)
+            servable = self.get(name, version, label, key)
             if servable.hold():
                 return servable
         raise unavailable(f"Model {name} is being reloaded; retry the request")
 
     @contextmanager
     def acquire(self, name: str, version: int | None = None,
-                label: str | None = None) -> Iterator[Servable]:
+                label: str | None = None, key: str | None = None) -> Iterator[Servable]:
         """Like :meth:`get`, and holds the version for the whole request: an unload waits for
         it. Use it around everything a request does with the servable."""
-        servable = self.hold(name, version, label)
+        servable = self.hold(name, version, label, key)
         try:
             yield servable
         finally:
@@ -378,6 +412,17 @@ class ModelRegistry:
                     raise not_found(f"Could not find version {version} of model {name}")
                 return [slot.status()]
             return [s.status() for _, s in sorted(model.slots.items(), reverse=True)]
+
+    def shadow(self, name: str, served: Servable) -> Servable | None:
+        """The version labelled ``shadow`` (AVAILABLE, other than ``served``), held for one
+        request (call its ``release()``), or None: it gets a copy of unversioned requests,
+        whose answers are logged and never returned."""
+        route = self._routes.get(name)
+        shadow = route.shadow if route is not None else None
+        if shadow is None or shadow is served or not shadow.hold():
+            return None
+        self.metrics.rollout_requests.inc((name, str(shadow.version), SHADOW))
+        return shadow
 
     def labels(self, name: str) -> dict[str, int]:
         """The model's version labels (label -> version)."""
@@ -580,8 +625,23 @@ class ModelRegistry:
         for name, model in self._models.items():
             versions = {v: s.servable for v, s in model.slots.items()
                         if s.state == AVAILABLE and s.servable is not None}
-            latest = versions[max(versions)] if versions else None
-            routes[name] = _Route(latest, versions, dict(model.spec.labels))
+            policy = model.spec.policy
+            # While a "specific" policy drops a version, it may still be AVAILABLE for a moment:
+            # unversioned requests go to the newest version the policy wants.
+            wanted = [v for v in versions if policy[0] != "specific" or v in policy[1]] \
+                or list(versions)
+            latest = versions[max(wanted)] if wanted else None
+            labels = dict(model.spec.labels)
+            pair = (versions.get(labels.get(STABLE, -1)), versions.get(labels.get(CANARY, -1)))
+            # Only with --canary_percent > 0: otherwise unversioned requests go to the latest
+            # version, as in TF Serving, whatever the labels.
+            split = pair if self.canary_percent > 0 and pair[0] is not None and \
+                pair[1] is not None and pair[0] is not pair[1] else None
+            shadow = versions.get(labels.get(SHADOW, -1))
+            if shadow is not None and versions.get(labels.get(STABLE, -1)) is not None:
+                latest = versions[labels[STABLE]]  # the shadow answers nobody
+            routes[name] = _Route(latest, versions, labels, split, shadow)
+            self.metrics.set_rollout(name, labels, self.canary_percent)
         self._routes = routes
 
     def _emit(self, event: ServingEvent) -> None:

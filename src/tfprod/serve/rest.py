@@ -214,13 +214,15 @@ class RestApi:
                 request = json_codec.parse_request(body)
                 signature = json_codec.signature_name(request) or None
                 examples = None if api == "predict" else ex.examples_from_json(request.doc, api)
+            key = _header(scope, b"x-request-id")  # a client's own id: a sticky canary side
+            key = key.decode("latin-1") if key else None
             if examples is not None:
                 expected = False
                 batcher.unexpect()
-                with self.registry.acquire(name, version, label) as servable:
+                with self.registry.acquire(name, version, label, key) as servable:
                     result = await self._classify_or_regress(api, servable, signature, examples)
                 return 200, result, _JSON
-            servable = self.registry.hold(name, version, label)
+            servable = self.registry.hold(name, version, label, key)
             try:
                 with _NO_GC:
                     info = servable.signature(signature)
@@ -237,6 +239,8 @@ class RestApi:
                     hooks.on_predict(servable.name, servable.version,
                                      signature or "serving_default", inputs, outputs,
                                      time.perf_counter() - start, rid)
+                    if version is None and label is None:
+                        self._shadow(servable, signature, inputs, rid, hooks)
                 with _NO_GC:
                     result = json_codec.encode_predict(outputs, fmt)
             finally:
@@ -256,6 +260,28 @@ class RestApi:
                 batcher.unexpect()
             if status and self.registry.has_model(name):  # unknown names would grow metrics
                 self._record(name, api, status, time.perf_counter() - start)
+
+    def _shadow(self, served: Any, signature: str | None, inputs: Any, rid: str,
+                hooks: Any) -> None:
+        """Copy the request to the ``shadow`` version, if any: its answer goes to the request
+        log under the same request id (so feedback labels both), never to the client."""
+        shadow = self.registry.shadow(served.name, served)
+        if shadow is None:
+            return
+        start = time.perf_counter()
+        try:
+            future = shadow.submit_async(signature, inputs)
+        except Exception:  # e.g. a shadow whose signature differs: the client is unaffected
+            shadow.release()
+            return
+
+        def done(f: asyncio.Future) -> None:
+            shadow.release()
+            if not f.cancelled() and f.exception() is None:
+                hooks.on_predict(shadow.name, shadow.version, signature or "serving_default",
+                                 inputs, f.result(), time.perf_counter() - start, rid)
+
+        future.add_done_callback(done)
 
     def _deadline(self) -> float | None:
         return None if self.timeout_s is None else time.monotonic() + self.timeout_s

@@ -66,6 +66,7 @@ class ServerOptions:
     drain_seconds: float = 30.0
     drain_delay_seconds: float = 0.0
     runtime: str = "tensorflow"
+    canary_percent: float = 0.0
 
     def model_specs(self) -> list[cfg.ModelSpec]:
         """The models to serve, from ``--model_config_file`` or ``--model_name``/``base_path``.
@@ -100,6 +101,9 @@ class ServerOptions:
         for flag in ("drain_seconds", "drain_delay_seconds"):
             if getattr(self, flag) < 0:
                 raise cfg.ConfigError(f"--{flag}={getattr(self, flag)}; expected >= 0")
+        if not 0.0 <= self.canary_percent <= 100.0:
+            raise cfg.ConfigError(f"--canary_percent={self.canary_percent}; expected a share "
+                                  "of traffic from 0 to 100")
         if self.rest_api_timeout_in_ms < 0:
             raise cfg.ConfigError(f"--rest_api_timeout_in_ms={self.rest_api_timeout_in_ms}; "
                                   "expected >= 0 (0: no timeout)")
@@ -173,7 +177,8 @@ class ModelServer:
         self.registry = ModelRegistry(
             self.specs, batching=self.batching, enable_warmup=self.options.enable_model_warmup,
             poll_wait_seconds=self.options.file_system_poll_wait_seconds, metrics=self.metrics,
-            on_event=self._on_event, runtime=self.options.runtime)
+            on_event=self._on_event, runtime=self.options.runtime,
+            canary_percent=self.options.canary_percent)
         if self.batching is not None:
             b = self.batching
             self.log(f"batching on: max_batch_size {b.max_batch_size}, batch_timeout_micros "

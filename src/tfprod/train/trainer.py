@@ -69,6 +69,10 @@ class Trainer:
             default strategy) here with ``tf.train.CheckpointManager``; ``fit(resume=True)``
             continues from the latest one.
         checkpoint_every: also save every N steps (default: at epoch ends only).
+        penalty: ``penalty(x, y_pred) -> scalar`` added to the loss of every step (a
+            regularizer that needs the batch or the weights: EWC's quadratic anchor, LwF's
+            distillation; see :mod:`tfprod.online`). It is a global term: each replica and
+            micro-batch adds its share.
 
     Example:
         >>> strategy = tfprod.train.make_strategy("mirrored")
@@ -86,6 +90,7 @@ class Trainer:
         clip_norm: float | None = None,
         checkpoint_dir: str | os.PathLike | None = None,
         checkpoint_every: int | None = None,
+        penalty: Callable[[Any, Any], tf.Tensor] | None = None,
     ) -> None:
         self.strategy = strategy or tf.distribute.get_strategy()
         if not isinstance(accumulation_steps, int) or accumulation_steps < 1:
@@ -115,6 +120,7 @@ class Trainer:
         self.checkpoint = (TrainingCheckpoint(checkpoint_dir, model, self.optimizer)
                            if checkpoint_dir is not None else None)
         self.checkpoint_every = checkpoint_every
+        self.penalty = penalty
         self.steps_per_second: float | None = None
         #: parameter-server training: steps each worker ran (worker index -> steps).
         self.worker_steps: dict[int, int] = {}
@@ -158,9 +164,11 @@ class Trainer:
             if sw is not None:
                 per_example = per_example * tf.cast(tf.reshape(sw, [-1]), per_example.dtype)
             loss = tf.reduce_sum(per_example) / global_batch
+            replicas = self.strategy.num_replicas_in_sync * self.accumulation_steps
             if model.losses:
-                replicas = self.strategy.num_replicas_in_sync * self.accumulation_steps
                 loss += tf.add_n([tf.cast(v, tf.float32) for v in model.losses]) / replicas
+            if self.penalty is not None:
+                loss += tf.cast(self.penalty(x, y_pred), tf.float32) / replicas
             scaled = self.optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, model.trainable_variables)
         return loss, grads, y_pred
