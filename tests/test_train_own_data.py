@@ -183,7 +183,8 @@ LIFECYCLE = {("wine_names", "csv"), ("diabetes", "tfrecord")}
 
 def test_doctor_and_optimize_take_the_trained_model_as_it_is(trained, tmp_path):
     """No label flag, no head or loss to describe: the model carries its task."""
-    from tfprod.doctor import diagnose, load_data
+    from tfprod.doctor import diagnose
+    from tfprod.models import load_data
     from tfprod.optimize.compare import optimize
 
     table, fmt, result, _, path = trained
