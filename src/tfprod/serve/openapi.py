@@ -79,7 +79,8 @@ def _paths() -> dict[str, Any]:
                 body=_json_body("ExamplesRequest", "Examples as JSON objects"))}
     paths["/v1/models/{model_name}:feedback"] = {"post": _operation(
         "feedback", "Labels for logged requests (joined on X-Request-Id)", _NAME,
-        {"200": _ok("FeedbackResponse", "How many labels were stored"), **_ERRORS},
+        {"200": _ok("FeedbackResponse", "How many labels were stored"), **_ERRORS,
+         "413": _ERROR},
         body=_json_body("FeedbackRequest", "Request ids from :predict answers, with labels"),
         tag="tfprod")}
     paths["/v1/models/{model_name}/monitor"] = {"get": _operation(
