@@ -40,18 +40,28 @@ def _validation_rows(path, fmt):
     return x, np.concatenate(ys)
 
 
-@pytest.fixture(scope="module", params=[(t, f) for t in CASES for f in ("csv", "tfrecord")],
-                ids=lambda p: f"{p[0]}-{p[1]}")
-def trained(request, own_tables, tmp_path_factory):
-    table, fmt = request.param
-    out = tmp_path_factory.mktemp(f"{table}-{fmt}")
-    result = _train(own_tables[table][fmt], out)
-    exported = export_saved_model(load_keras(result.saved), out / "models" / table)
-    return table, fmt, result, exported, own_tables[table][fmt]
+ALL = [(t, f) for t in CASES for f in ("csv", "tfrecord")]
 
 
-def test_task_metrics_and_export_fit_the_labels(trained):
-    table, fmt, result, exported, path = trained
+@pytest.fixture(scope="module")
+def trained(own_tables, tmp_path_factory):
+    """trained(table, fmt): the model trained on that table (once per module) and its export."""
+    done = {}
+
+    def get(table, fmt):
+        if (table, fmt) not in done:
+            out = tmp_path_factory.mktemp(f"{table}-{fmt}")
+            result = _train(own_tables[table][fmt], out)
+            exported = export_saved_model(load_keras(result.saved), out / "models" / table)
+            done[table, fmt] = result, exported, own_tables[table][fmt]
+        return done[table, fmt]
+
+    return get
+
+
+@pytest.mark.parametrize(("table", "fmt"), ALL, ids=[f"{t}-{f}" for t, f in ALL])
+def test_task_metrics_and_export_fit_the_labels(trained, table, fmt):
+    result, exported, path = trained(table, fmt)
     kind, classes, threshold = CASES[table]
     task = result.label_task
     assert task["kind"] == kind and task["label"] == "label"
@@ -96,9 +106,7 @@ def test_task_metrics_and_export_fit_the_labels(trained):
 
 
 def test_tensorboard_has_the_validation_metrics_per_epoch(trained):
-    table, fmt, result, _, _ = trained
-    if (table, fmt) != ("wine_names", "csv"):
-        pytest.skip("one run is enough")
+    result, _, _ = trained("wine_names", "csv")
     tags: dict[str, int] = {}
     root = os.path.join(os.path.dirname(result.saved), "logs", "validation")
     for f in glob.glob(os.path.join(root, "events.out.*")):
@@ -178,18 +186,14 @@ def test_validation_file_with_other_columns_is_one_line(own_tables, tmp_path):
                        "it lacks ['f2'] and adds ['f1']; give both the same columns")
 
 
-LIFECYCLE = {("wine_names", "csv"), ("diabetes", "tfrecord")}
-
-
-def test_doctor_and_optimize_take_the_trained_model_as_it_is(trained, tmp_path):
+@pytest.mark.parametrize(("table", "fmt"), [("wine_names", "csv"), ("diabetes", "tfrecord")])
+def test_doctor_and_optimize_take_the_trained_model_as_it_is(trained, table, fmt, tmp_path):
     """No label flag, no head or loss to describe: the model carries its task."""
     from tfprod.doctor import diagnose
     from tfprod.models import load_data
     from tfprod.optimize.compare import optimize
 
-    table, fmt, result, _, path = trained
-    if (table, fmt) not in LIFECYCLE:
-        pytest.skip("two kinds are enough")
+    result, _, path = trained(table, fmt)
     model = load_keras(result.saved)
     data = load_data(path, model=model)  # the label column is the model's own
     report = diagnose(model, data)
