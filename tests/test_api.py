@@ -36,6 +36,21 @@ def test_serve_and_optimize_packages_load_names_lazily():
     assert out.stdout.strip() == "False"
 
 
+def test_models_surface_has_the_model_building_scenarios():
+    import tfprod.data as d
+    import tfprod.export as e
+    import tfprod.models as m
+
+    for name in ("UserItemEmbedding", "Recommender", "train_recommender", "evaluate_ranking",
+                 "sequence_classifier", "compare_batching", "SubclassedClassifier",
+                 "capabilities"):
+        assert name in m.__all__
+    for name in ("synthetic_interactions", "read_movielens", "sequence_task"):
+        assert name in d.__all__
+    for name in ("RaggedInput", "export_recommender"):
+        assert name in e.__all__
+
+
 def test_own_data_surface():
     import tfprod.data as d
     import tfprod.models as m

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import typer
 
-MODULES: tuple[str, ...] = ("quickstart", "data", "train", "doctor", "export", "optimize",
-                            "serve", "monitor", "rl", "migrate")
+MODULES: tuple[str, ...] = ("quickstart", "data", "models", "train", "doctor", "export",
+                            "optimize", "serve", "monitor", "rl", "migrate")
 
 
 def group(app: typer.Typer, name: str, help: str) -> typer.Typer:

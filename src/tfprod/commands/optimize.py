@@ -95,6 +95,8 @@ def optimize(
                          report.columns, report.rows))
     for name, note in report.notes:
         console.print(f"[dim]{name}: {escape(note)}[/]", highlight=False)
+    for name, reason in report.refused:
+        console.print(f"[yellow]{name} not built[/]: {escape(reason)}", highlight=False)
     for rec in report.recommendations:
         console.print(f"[bold]{rec.target}[/]: {rec.variant or 'none'} - {rec.reason}",
                       highlight=False)

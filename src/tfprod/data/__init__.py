@@ -10,6 +10,9 @@
 - Data larger than memory: :func:`from_generator`, file caches (``cache="path"``).
 - Data checks: :func:`inspect_dataset`, :func:`inspect_path`.
 - Sample data that ships with scikit-learn: :func:`write_sample`, :func:`load_digits`.
+- Interactions for recommenders: :func:`synthetic_interactions` (known low-rank preferences,
+  popularity skew), :func:`read_movielens`, :class:`Interactions` (per-user holdout).
+- A generated sequence task (content x length, long-tail lengths): :func:`sequence_task`.
 
 Names load on first use: importing this package does not import TensorFlow.
 """
@@ -22,6 +25,7 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "ImageFiles": "tfrecord",
     "ImageFolder": "images",
     "InspectReport": "inspect",
+    "Interactions": "interactions",
     "LabelTask": "task",
     "RaggedToDense": "sequences",
     "Schema": "schema",
@@ -46,7 +50,10 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "ragged_batches": "sequences",
     "ragged_to_padded": "sequences",
     "read_csv": "tabular",
+    "read_movielens": "interactions",
     "read_tfrecords": "tfrecord",
+    "sequence_task": "sequence_task",
+    "synthetic_interactions": "interactions",
     "write_sample": "sample",
     "write_tfrecords": "tfrecord",
 })

@@ -124,6 +124,18 @@ def _elements(sequences, labels, maxlen: int | None) -> tuple[tf.data.Dataset, b
     return ds, y is not None
 
 
+def _check_longest(sequences: Sequence, limit: int, what: str, fix: str, *,
+                   truncate: int | None = None) -> None:
+    """Refuses a sequence longer than ``limit`` (after truncation) with its index and length."""
+    lengths = np.fromiter((len(s) for s in sequences), np.int64, count=len(sequences))
+    if truncate is not None:
+        lengths = np.minimum(lengths, truncate)
+    if lengths.size and lengths.max() > limit:
+        i = int(lengths.argmax())
+        raise TfprodError(f"sequence {i} has {int(lengths[i])} steps, more than {what}={limit}; "
+                          f"{fix}")
+
+
 def _shuffle(ds: tf.data.Dataset, shuffle: bool, seed: int | None, n: int) -> tf.data.Dataset:
     if shuffle:
         ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
@@ -158,6 +170,7 @@ def padded_batches(
     maxlen: int | None = None,
     pad_value: int | float = 0,
     return_lengths: bool = False,
+    padded_length: int | None = None,
 ) -> tf.data.Dataset:
     """Batches sequences padded at the end to the longest sequence of each batch.
 
@@ -172,21 +185,32 @@ def padded_batches(
         return_lengths: also yield each sequence's true length (int32, after truncation):
             batches become ``(x, lengths)`` or ``((x, lengths), y)``, as :func:`padding_waste`
             reads them.
+        padded_length: pad every batch to this many steps ("pad to max": one fixed shape)
+            instead of to its longest sequence.
 
     Returns:
         A ``tf.data.Dataset`` of ``(x, y)`` batches, or ``x`` without labels, where ``x`` is
-        ``(batch, longest_in_batch)``.
+        ``(batch, longest_in_batch)`` (``(batch, padded_length)`` with ``padded_length``).
 
     Raises:
-        TfprodError: no sequences, a sequence that is not 1-D, labels of another length, or
-            ``batch_size``/``maxlen`` below 1.
+        TfprodError: no sequences, a sequence that is not 1-D, labels of another length,
+            ``batch_size``/``maxlen`` below 1, or a sequence longer than ``padded_length``.
     """
     _check_positive("batch_size", batch_size)
+    _check_positive("padded_length", padded_length, optional=True)
+    if padded_length is not None:
+        _check_longest(sequences, padded_length, "padded_length",
+                       "raise padded_length or truncate with maxlen", truncate=maxlen)
     ds, has_labels = _elements(sequences, labels, maxlen)
     ds = _shuffle(ds, shuffle, seed, len(sequences))
     pad = ds.element_spec[0].dtype
     values = (tf.constant(pad_value, pad), None) + ((None,) if has_labels else ())
-    ds = ds.padded_batch(batch_size, padding_values=values)
+    if padded_length is None:
+        ds = ds.padded_batch(batch_size, padding_values=values)
+    else:
+        shapes = (tf.TensorShape([padded_length]), tf.TensorShape([])) + (
+            (ds.element_spec[2].shape,) if has_labels else ())
+        ds = ds.padded_batch(batch_size, padded_shapes=shapes, padding_values=values)
     return _finish(_structure(ds, has_labels, return_lengths))
 
 
@@ -264,6 +288,7 @@ def bucketed_batches(
     seed: int | None = None,
     pad_value: int | float = 0,
     return_lengths: bool = False,
+    max_length: int | None = None,
 ) -> tf.data.Dataset:
     """Batches sequences of similar length together, each batch padded to its longest.
 
@@ -274,20 +299,28 @@ def bucketed_batches(
         num_buckets: buckets to split the lengths into (see :func:`bucket_boundaries`);
             ignored when ``boundaries`` is given.
         boundaries: strictly increasing length boundaries, instead of ``num_buckets``.
-        shuffle: reshuffle the sequences every epoch (before bucketing).
+        shuffle: reshuffle the sequences every epoch (before bucketing), and the batches
+            (after it).
         seed: shuffle seed.
         pad_value: value written after each sequence's end.
         return_lengths: also yield each sequence's true length, as in :func:`padded_batches`.
+        max_length: the longest sequence the last bucket takes (e.g. the model's limit);
+            without it the last bucket is open-ended.
 
     Returns:
         A ``tf.data.Dataset`` of ``(x, y)`` batches, or ``x`` without labels.
 
     Raises:
-        TfprodError: as :func:`padded_batches`, ``num_buckets`` below 1, or ``boundaries``
-            that are not positive and strictly increasing.
+        TfprodError: as :func:`padded_batches`, ``num_buckets`` below 1, ``boundaries`` that
+            are not positive and strictly increasing, or a sequence longer than
+            ``max_length`` (longer than any bucket).
     """
     _check_positive("batch_size", batch_size)
     _check_positive("num_buckets", num_buckets)
+    _check_positive("max_length", max_length, optional=True)
+    if max_length is not None:
+        _check_longest(sequences, max_length, "max_length (the last bucket's bound)",
+                       "truncate it, drop it, or raise max_length")
     ds, has_labels = _elements(sequences, labels, None)
     if boundaries is None:
         boundaries = bucket_boundaries([len(s) for s in sequences], num_buckets)
@@ -306,6 +339,18 @@ def bucketed_batches(
         bucket_batch_sizes=[batch_size] * (len(boundaries) + 1),
         padding_values=values,
     )
+    # Every bucket yields ceil(its sequences / batch_size) batches whatever the shuffle; told
+    # so, Keras' fit knows the epoch's length instead of warning that the input "ran out of
+    # data" after the first epoch.
+    buckets = np.searchsorted(boundaries, [len(s) for s in sequences], side="right")
+    counts = np.bincount(buckets, minlength=len(boundaries) + 1)
+    total = int(sum(-(-counts // batch_size)))
+    ds = ds.apply(tf.data.experimental.assert_cardinality(total))
+    if shuffle:
+        # Buckets fill at different rates (the busiest first), so an epoch's batches come out
+        # grouped by length, and the last ones are each bucket's partial batch; mixing the
+        # batches keeps an epoch from ending with all the long sequences.
+        ds = ds.shuffle(total, seed=seed, reshuffle_each_iteration=True)
     return _finish(_structure(ds, has_labels, return_lengths))
 
 

@@ -43,7 +43,12 @@ def _digests(x: Any, n: int) -> list[bytes]:
     for i in range(n):
         h = hashlib.blake2b(digest_size=16)
         for a in leaves:
-            h.update(a[i].tobytes())
+            if a.dtype == object:  # a string input: each value's bytes, length-prefixed
+                for v in np.asarray(a[i], dtype=object).reshape(-1):
+                    b = v if isinstance(v, bytes) else str(v).encode()
+                    h.update(len(b).to_bytes(8, "little") + b)
+            else:
+                h.update(a[i].tobytes())
         out.append(h.digest())
     return out
 

@@ -9,7 +9,12 @@
   training (optimizer state included) and weights only.
 - :func:`to_litert`, :class:`LiteRTConverter`, :class:`LiteRTModel`: LiteRT files (float32,
   dynamic-range, float16, int8) and the LiteRT interpreter on all cores.
-- :func:`predict`, :func:`load_predictor`: batched inference with any exported variant.
+- :func:`predict`, :func:`load_predictor`: batched inference with any exported variant (one
+  input, or several named inputs).
+- :class:`RaggedInput`: a model input served as variable-length lists (``NAME.values`` +
+  ``NAME.row_lengths``, padded and masked inside the signature).
+- :func:`export_recommender`: a :class:`~tfprod.models.Recommender` with ``serving_default``
+  (pair scores) and ``recommend`` (top-k, seen items left out).
 
 Names load on first use: importing this package does not import TensorFlow.
 """
@@ -23,11 +28,13 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "LiteRTModel": "litert",
     "PredictResult": "predict",
     "REFERENCE_FILE": "reference",
+    "RaggedInput": "ragged",
     "ServingInputs": "signature",
     "WARMUP_FILE": "warmup",
     "build_archive": "savedmodel",
     "check_base": "publish",
     "collect_examples": "examples",
+    "export_recommender": "recommender",
     "export_saved_model": "savedmodel",
     "list_versions": "publish",
     "load_keras": "keras_files",

@@ -119,6 +119,8 @@ def load_keras(path: str | os.PathLike, *, compile: bool = True) -> keras.Model:
         raise TfprodError(f"{path}: not a .keras model file (weights-only files and other "
                           "formats hold no architecture); pass the .keras file")
     try:
+        import tfprod.models  # noqa: F401 - registers tfprod's layers and models for loading
+
         model = keras.saving.load_model(path, compile=compile)
     except Exception as e:  # a corrupt or foreign file: say so in one line
         raise TfprodError(f"{path}: cannot load it as a Keras model ({type(e).__name__}: "

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -40,13 +41,33 @@ def num_cores() -> int:
     return os.cpu_count() or 1
 
 
-def single_input(model) -> Any:
-    """The one input tensor of ``model``; a one-line error for models with several inputs."""
-    inputs = list(getattr(model, "inputs", None) or [])
-    if len(inputs) != 1:
-        raise TfprodError(f"model {model.name!r} has {len(inputs)} inputs; LiteRT variants and "
-                          "batched prediction take models with exactly one input tensor")
-    return inputs[0]
+def input_shapes(model) -> dict[str, tuple[int | None, ...]]:
+    """Each serving input of ``model`` by name -> its example shape (without the batch)."""
+    from tfprod.export.signature import serving_inputs
+
+    inputs = serving_inputs(model)
+    return {n: tuple(s.shape[1:]) for n, s in zip(inputs.names, inputs.specs, strict=True)}
+
+
+class LiteRTUnsupported(TfprodError):
+    """One LiteRT kind cannot be built for this model (the others may): the reason."""
+
+
+def fit_inputs(x: Any, specs: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Named examples shaped and typed for ``specs`` (name -> (shape, numpy dtype)): a column
+    ``(n,)`` for a ``(n, 1)`` input gets its axis; strings become bytes objects."""
+    out = {}
+    for name, (shape, dtype) in specs.items():
+        v = np.asarray(x[name])
+        if shape and v.ndim == len(shape) and shape[-1] == 1:  # a column for an (n, 1) input
+            v = v[..., None]
+        if dtype == np.dtype(object):
+            v = np.array([e.encode() if isinstance(e, str) else e for e in v.ravel()],
+                         dtype=object).reshape(v.shape)
+        else:
+            v = v.astype(dtype, copy=False)
+        out[name] = v
+    return out
 
 
 def check_examples(x: np.ndarray, expected: Sequence[int | None], *, what: str) -> None:
@@ -80,20 +101,37 @@ class LiteRTConverter:
     ``from_saved_model``, as Keras' own LiteRT export does.
 
     Args:
-        model: a built Keras model with one input tensor.
-        representative: training examples ``[N, ...]`` for the ``int8`` kind.
+        model: a built Keras model with one input tensor or several named inputs.
+        representative: training examples ``[N, ...]`` (a dict of them by input name for
+            several inputs) for the ``int8`` kind.
         num_samples: how many of them calibrate the int8 ranges.
     """
 
-    def __init__(self, model, *, representative: np.ndarray | None = None,
+    def __init__(self, model, *, representative: Any = None,
                  num_samples: int = 200) -> None:
+        from tfprod.export.batches import check_named, count, take
+        from tfprod.export.signature import serving_inputs
+
         self.model = model
-        self._input = single_input(model)
-        self.example_shape = tuple(self._input.shape[1:])
+        self.inputs = serving_inputs(model)
+        self.shapes = {n: tuple(s.shape[1:])
+                       for n, s in zip(self.inputs.names, self.inputs.specs, strict=True)}
+        self.example_shape = (next(iter(self.shapes.values())) if len(self.shapes) == 1
+                              else None)
         self._samples = None
-        if representative is not None:
+        if representative is not None and self.example_shape is not None and not isinstance(
+                representative, dict):
             check_examples(representative, self.example_shape, what="the representative dataset")
             self._samples = representative_dataset(representative, num_samples=num_samples)
+        elif representative is not None:
+            if not isinstance(representative, dict):
+                representative = {self.inputs.names[0]: representative}
+            check_named(representative, self.shapes, what="the representative dataset")
+            specs = {n: (self.shapes[n], _numpy_dtype(s))
+                     for n, s in zip(self.inputs.names, self.inputs.specs, strict=True)}
+            pick = np.random.default_rng(0).permutation(count(representative))[:num_samples]
+            self._samples = tuple(fit_inputs(take(representative, int(i), int(i) + 1), specs)
+                                  for i in np.sort(pick))
         self._dir: tempfile.TemporaryDirectory | None = None
 
     def __enter__(self) -> LiteRTConverter:
@@ -114,12 +152,17 @@ class LiteRTConverter:
 
         if self._dir is None:
             self._dir = tempfile.TemporaryDirectory(prefix="tfprod-litert-")
-            spec = tf.TensorSpec((None, *self.example_shape), self._input.dtype,
-                                 name=self._input.name)
             archive = keras.export.ExportArchive()
             archive.track(self.model)
-            archive.add_endpoint("serve", functools.partial(self.model.__call__, training=False),
-                                 input_signature=[spec])
+            model, inputs = self.model, self.inputs
+            if inputs.kind == "tensor":
+                serve = functools.partial(model.__call__, training=False)
+            else:
+                def serve(*tensors):
+                    return model(inputs.structure(tensors), training=False)
+            archive.add_endpoint("serve", serve, input_signature=[
+                tf.TensorSpec(s.shape, s.dtype, name=n)
+                for n, s in zip(inputs.names, inputs.specs, strict=True)])
             archive.write_out(self._dir.name, verbose=False)
         return self._dir.name
 
@@ -146,7 +189,9 @@ class LiteRTConverter:
             converter.target_spec.supported_types = [tf.float16]
         if kind == "int8":
             samples = self._samples
-            converter.representative_dataset = lambda: ([s] for s in samples)
+            # Several inputs: one dict per sample, keyed by the signature's input names.
+            converter.representative_dataset = lambda: (
+                s if isinstance(s, dict) else [s] for s in samples)
             # Builtin float kernels stay allowed, so an op without an int8 kernel falls back to
             # float instead of failing the conversion; unquantized_ops() names such ops.
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
@@ -154,8 +199,29 @@ class LiteRTConverter:
             if int8_io:
                 converter.inference_input_type = tf.int8
                 converter.inference_output_type = tf.int8
-        with _quiet():
-            return converter.convert()
+        try:
+            with _quiet():
+                return converter.convert()
+        except Exception as e:  # the converter's own reason, for this kind only
+            raise LiteRTUnsupported(_conversion_failure(self.model, kind, e)) from None
+
+
+def _numpy_dtype(spec: Any) -> np.dtype:
+    return np.dtype(object) if spec.dtype.name == "string" else np.dtype(
+        spec.dtype.as_numpy_dtype)
+
+
+def _conversion_failure(model, kind: str, error: Exception) -> str:
+    """One line: why ``kind`` could not be built, and what would make it work."""
+    text = " ".join(str(error).split())
+    ops = sorted(set(re.findall(r"tf\.([A-Za-z0-9_]+)", text)))
+    if "not supported by the native TFLite runtime" in text or "Select TF" in text or ops:
+        found = ", ".join(ops[:6]) or "some ops"
+        return (f"model {model.name!r} uses TensorFlow ops that LiteRT's "
+                f"builtins lack ({found}); select TF ops (Flex) would convert them, but the "
+                "LiteRT interpreter here cannot run them: move that preprocessing out of the "
+                "model or use a SavedModel variant")
+    return f"the LiteRT converter failed for model {model.name!r}: {text[:300]}"
 
 
 @contextlib.contextmanager
@@ -177,7 +243,7 @@ def to_litert(model, path: str | os.PathLike, kind: str = "float32", *,
     """Converts ``model`` to one LiteRT kind and writes it to ``path`` (atomically).
 
     Args:
-        model: a built Keras model with one input tensor.
+        model: a built Keras model with one input tensor or several named inputs.
         path: the ``.tflite`` file to write.
         kind: ``float32``, ``dynamic``, ``float16`` or ``int8``.
         representative: training examples for ``int8`` calibration.
@@ -247,9 +313,26 @@ class LiteRTModel:
         self._interpreter = _interpreter(content, source=source)
         inputs = self._interpreter.get_input_details()
         outputs = self._interpreter.get_output_details()
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise TfprodError(f"{source} has {len(inputs)} inputs and {len(outputs)} outputs; "
-                              "expected one of each")
+        if len(outputs) != 1:
+            raise TfprodError(f"{source} has {len(outputs)} outputs; expected one")
+        self._runner = None
+        if len(inputs) > 1:
+            # Several inputs: by name, through the model's signature.
+            keys = list(self._interpreter.get_signature_list())
+            if not keys:
+                raise TfprodError(f"{source} has {len(inputs)} inputs but no signature to name "
+                                  "them; convert it from a SavedModel signature (tfprod "
+                                  "optimize does)")
+            self._runner = self._interpreter.get_signature_runner(keys[0])
+            details = self._runner.get_input_details()
+            self.input_shapes = {n: tuple(int(v) if v > 0 else None
+                                          for v in d["shape_signature"][1:])
+                                 for n, d in details.items()}
+            self.input_dtypes = {n: np.dtype(d["dtype"]) for n, d in details.items()}
+            self._quant = {n: d["quantization"] for n, d in details.items()}
+            self.example_shape = None
+            self._out = outputs[0]
+            return
         self._in, self._out = inputs[0], outputs[0]
         self.example_shape = tuple(int(d) if d > 0 else None
                                    for d in self._in["shape_signature"][1:])
@@ -274,21 +357,38 @@ class LiteRTModel:
             self._out = self._interpreter.get_output_details()[0]
             self._batch = batch
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Outputs for one batch ``x`` (float values; quantized here when the input is int8)."""
+    def __call__(self, x: Any) -> np.ndarray:
+        """Outputs for one batch ``x`` (float values; quantized here when the input is int8);
+        a dict of inputs by name for a model with several."""
+        if self._runner is not None:
+            return self._call_named(x)
         x = np.asarray(x)
         self._resize(len(x))
-        if self.input_dtype == np.int8 or self.input_dtype == np.uint8:
-            scale, zero = self._in["quantization"]
-            info = np.iinfo(self.input_dtype)
-            x = np.clip(np.round(x / scale + zero), info.min, info.max).astype(self.input_dtype)
-        else:
-            x = x.astype(self.input_dtype, copy=False)
+        x = _to_input(x, self.input_dtype, self._in["quantization"])
         self._interpreter.set_tensor(self._in["index"], x)
         self._interpreter.invoke()
-        y = self._interpreter.get_tensor(self._out["index"])
-        if np.issubdtype(y.dtype, np.integer) and self._out["quantization"][0]:
-            scale, zero = self._out["quantization"]
+        return self._dequantize(self._interpreter.get_tensor(self._out["index"]),
+                                self._out["quantization"])
+
+    def _call_named(self, x: Any) -> np.ndarray:
+        from tfprod.export.batches import check_named
+
+        check_named(x, self.input_shapes, what="the batch")
+        feed = {}
+        for name, shape in self.input_shapes.items():
+            dtype, quantization = self.input_dtypes[name], self._quant[name]
+            quantized = dtype.kind in "iu" and bool(quantization[0])
+            target = (np.dtype(object) if dtype.kind in "OSU" else
+                      np.dtype(np.float32) if quantized else dtype)
+            value = fit_inputs(x, {name: (shape, target)})[name]
+            feed[name] = _to_input(value, dtype, quantization) if quantized else value
+        (y,) = self._runner(**feed).values()
+        return self._dequantize(y, self._out["quantization"])
+
+    @staticmethod
+    def _dequantize(y: np.ndarray, quantization) -> np.ndarray:
+        if np.issubdtype(y.dtype, np.integer) and quantization[0]:
+            scale, zero = quantization
             y = (y.astype(np.float32) - zero) * scale
         return y
 
@@ -301,6 +401,15 @@ class LiteRTModel:
     def unquantized_ops(self) -> list[str]:
         """See :func:`unquantized_ops`."""
         return unquantized_ops(self.content, source=self.source)
+
+
+def _to_input(x: np.ndarray, dtype: np.dtype, quantization) -> np.ndarray:
+    """Float values as the input tensor takes them (quantized for an int8/uint8 input)."""
+    if (dtype == np.int8 or dtype == np.uint8) and quantization[0]:
+        scale, zero = quantization
+        info = np.iinfo(dtype)
+        return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
+    return x.astype(dtype, copy=False)
 
 
 def unquantized_ops(content: bytes, *, source: str = "the LiteRT model") -> list[str]:

@@ -30,7 +30,7 @@ import numpy as np
 
 from tfprod.data.task import LabelTask
 from tfprod.errors import TfprodError
-from tfprod.export.litert import LiteRTModel, single_input, write_atomic
+from tfprod.export.litert import LiteRTModel, fit_inputs, write_atomic
 from tfprod.export.task import CLASSES_OUTPUT, load_task
 
 OUTPUT_FORMATS = (".npy", ".csv", ".jsonl")
@@ -38,26 +38,21 @@ _CHANNELS = {1: "grayscale", 3: "rgb", 4: "rgba"}
 
 
 class Predictor(Protocol):
-    """One batch of inputs (numpy) to its outputs (numpy).
+    """One batch of inputs (numpy; a dict by input name for several) to its outputs (numpy).
 
-    A predictor may also have ``input_names`` (the named inputs it takes as a dict of columns;
-    ``None`` for one tensor) and ``task`` (the :class:`~tfprod.data.task.LabelTask` of a model
-    trained by ``tfprod train``, or ``None``).
+    ``example_shape`` is the one input's example shape, or None with several inputs, whose
+    shapes are ``input_shapes`` (name -> example shape). A predictor may also have ``task``
+    (the :class:`~tfprod.data.task.LabelTask` of a model trained by ``tfprod train``, or
+    ``None``).
     """
 
-    example_shape: tuple[int | None, ...]
+    example_shape: tuple[int | None, ...] | None
 
-    def __call__(self, x: np.ndarray) -> np.ndarray: ...
+    def __call__(self, x: Any) -> np.ndarray: ...
 
 
-def column(values: Any, spec: Any) -> np.ndarray:
-    """One named input's batch for a signature spec: ``[batch]`` -> ``[batch, 1]``, its dtype."""
-    values = np.asarray(values)
-    if values.ndim == len(spec.shape) - 1:
-        values = values[..., None]
-    if spec.dtype.name == "string":
-        return values.astype(object)
-    return values.astype(spec.dtype.as_numpy_dtype, copy=False)
+def _numpy_dtype(dtype: Any) -> np.dtype:
+    return np.dtype(object) if dtype.name == "string" else np.dtype(dtype.as_numpy_dtype)
 
 
 class KerasPredictor:
@@ -65,7 +60,7 @@ class KerasPredictor:
 
     Unlike ``model.predict``, a call does no per-call setup: it converts the batch once and runs
     the traced graph, whatever the batch size (the batch dimension is left open). A model with
-    named inputs (a CSV model's columns) takes a dict of columns.
+    several named inputs takes a dict of arrays by name.
     """
 
     def __init__(self, model, *, jit_compile: bool = False) -> None:
@@ -74,36 +69,32 @@ class KerasPredictor:
         from tfprod.export.signature import serving_inputs
         from tfprod.models.target import find_task
 
+        inputs = serving_inputs(model)
         if len(model.outputs) != 1:
             raise TfprodError(f"model {model.name!r} has {len(model.outputs)} outputs; batched "
                               "prediction writes one output tensor")
         self.model = model
         self.task = find_task(model)
-        inputs = serving_inputs(model)
-        if inputs.kind == "tensor":
-            inp = single_input(model)
-            self.input_names = None
-            self.example_shape = tuple(inp.shape[1:])
-            self.dtype = np.dtype(inp.dtype)
-            spec = tf.TensorSpec((None, *self.example_shape), inp.dtype)
-            self.function = tf.function(lambda x: model(x, training=False),
-                                        input_signature=[spec], jit_compile=jit_compile,
-                                        reduce_retracing=True)
-            return
-        self.input_names, self.specs = inputs.names, inputs.specs
-        self.example_shape = ()
-
-        def call(*tensors):
-            return model(inputs.structure(tensors), training=False)
-
-        self.function = tf.function(call, input_signature=list(inputs.specs),
-                                    jit_compile=jit_compile)
+        self._names = inputs.names
+        self.input_shapes = {n: tuple(s.shape[1:])
+                             for n, s in zip(inputs.names, inputs.specs, strict=True)}
+        self._specs = {n: (self.input_shapes[n], _numpy_dtype(s.dtype))
+                       for n, s in zip(inputs.names, inputs.specs, strict=True)}
+        single = inputs.kind == "tensor"
+        self.example_shape = next(iter(self.input_shapes.values())) if single else None
+        self.dtype = next(iter(self._specs.values()))[1]
+        self.function = tf.function(
+            lambda *tensors: model(inputs.structure(tensors), training=False),
+            input_signature=list(inputs.specs), jit_compile=jit_compile, reduce_retracing=True)
 
     def __call__(self, x: Any) -> np.ndarray:
-        if self.input_names is None:
+        if self.example_shape is not None and not isinstance(x, dict):
             return self.function(np.asarray(x, self.dtype)).numpy()
-        return self.function(*[column(x[n], s) for n, s in zip(
-            self.input_names, self.specs, strict=True)]).numpy()
+        from tfprod.export.batches import check_named
+
+        check_named(x, self.input_shapes, what="the batch")
+        fed = fit_inputs(x, self._specs)
+        return self.function(*[fed[n] for n in self._names]).numpy()
 
 
 class SavedModelPredictor:
@@ -121,17 +112,15 @@ class SavedModelPredictor:
                               "model.export(path)")
         self._loaded = loaded  # keeps the signature's variables alive
         self.signature = loaded.signatures["serving_default"]
-        inputs = self.signature.structured_input_signature[1]
+        inputs = {(spec.name or k): spec
+                  for k, spec in self.signature.structured_input_signature[1].items()}
+        self.input_shapes = {n: tuple(spec.shape[1:]) for n, spec in inputs.items()}
+        self._specs = {n: (self.input_shapes[n], _numpy_dtype(spec.dtype))
+                       for n, spec in inputs.items()}
+        self.input_name = next(iter(inputs))
+        self.example_shape = self.input_shapes[self.input_name] if len(inputs) == 1 else None
+        self.dtype = self._specs[self.input_name][1]
         self.task = load_task(self.path)
-        if len(inputs) == 1:
-            (self.input_name, spec), = inputs.items()
-            self.input_names = None
-            self.example_shape = tuple(spec.shape[1:])
-            self.dtype = np.dtype(spec.dtype.as_numpy_dtype)
-        else:
-            self.input_names = tuple(sorted(inputs))
-            self.specs = [inputs[n] for n in self.input_names]
-            self.example_shape = ()
         outputs = sorted(self.signature.structured_outputs)
         if output is None and self.task is not None and CLASSES_OUTPUT in outputs \
                 and len(outputs) == 2:
@@ -146,11 +135,14 @@ class SavedModelPredictor:
     def __call__(self, x: Any) -> np.ndarray:
         import tensorflow as tf
 
-        if self.input_names is None:
-            out = self.signature(**{self.input_name: tf.constant(np.asarray(x, self.dtype))})
+        if self.example_shape is not None and not isinstance(x, dict):
+            feed = {self.input_name: np.asarray(x, self.dtype)}
         else:
-            out = self.signature(**{n: tf.constant(column(x[n], s)) for n, s in zip(
-                self.input_names, self.specs, strict=True)})
+            from tfprod.export.batches import check_named
+
+            check_named(x, self.input_shapes, what="the batch")
+            feed = fit_inputs(x, self._specs)
+        out = self.signature(**{k: tf.constant(v) for k, v in feed.items()})
         return out[self.output_name].numpy()
 
 
@@ -194,15 +186,13 @@ class Inputs:
 
 
 def read_inputs(path: str | os.PathLike, example_shape: Sequence[int | None], *,
-                batch_size: int = 256, feature: str | None = None,
-                input_names: Sequence[str] | None = None) -> Inputs:
+                batch_size: int = 256, feature: str | None = None) -> Inputs:
     """Batches of a ``.npy`` array, an image folder, a TFRecord folder or a CSV file, in file
     order.
 
     Image folders are read at the model's image size and channels; a TFRecord folder gives its
-    one feature other than ``label`` (or ``feature``). A model with named inputs
-    (``input_names``) gets dicts of those columns from a CSV file or a TFRecord folder; other
-    columns (the label) are left out.
+    one feature other than ``label`` (or ``feature``). A model with several named inputs reads
+    its data with :func:`read_named_inputs`.
     """
     from tfprod.data.schema import SCHEMA_FILE
 
@@ -211,8 +201,6 @@ def read_inputs(path: str | os.PathLike, example_shape: Sequence[int | None], *,
         raise TfprodError(f"data {path}: no such file or folder")
     if batch_size < 1:
         raise TfprodError(f"batch_size={batch_size}; expected a positive integer")
-    if input_names is not None:
-        return _column_inputs(path, list(input_names), batch_size)
     if path.lower().endswith(".csv"):
         raise TfprodError(f"data {path} is a CSV file; the model takes one input tensor of "
                           f"shape {tuple(example_shape)}: predict from a .npy array, or with a "
@@ -227,6 +215,51 @@ def read_inputs(path: str | os.PathLike, example_shape: Sequence[int | None], *,
         return _image_inputs(path, example_shape, batch_size)
     raise TfprodError(f"data {path}: expected a .npy array, an image folder or a TFRecord "
                       "folder (with schema.json)")
+
+
+def read_named_inputs(path: str | os.PathLike, shapes: dict[str, Sequence[int | None]], *,
+                      batch_size: int = 256) -> Inputs:
+    """Batches of ``{input name: array}`` for a model with several named inputs, from a
+    ``.npz`` (arrays by name), a TFRecord folder (features by name) or a CSV file (columns by
+    name), in file order. Features the model does not take (a label) are left out."""
+    from tfprod.data.schema import SCHEMA_FILE
+
+    path = os.fspath(path)
+    names = list(shapes)
+    if not os.path.exists(path):
+        raise TfprodError(f"data {path}: no such file or folder")
+    if batch_size < 1:
+        raise TfprodError(f"batch_size={batch_size}; expected a positive integer")
+    if path.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        missing = [n for n in names if n not in arrays]
+        if missing:
+            raise TfprodError(f"data {path} lacks the model input(s) {missing}; it holds "
+                              f"{sorted(arrays)}")
+        arrays = {n: arrays[n] for n in names}
+        total = len(arrays[names[0]])
+        return Inputs(({n: a[i:i + batch_size] for n, a in arrays.items()}
+                       for i in range(0, total, batch_size)), total)
+    if os.path.isdir(path) and os.path.exists(os.path.join(path, SCHEMA_FILE)):
+        from tfprod.data import Schema, read_tfrecords
+
+        schema = Schema.load(path)
+        missing = [n for n in names if n not in schema.features]
+        if missing:
+            raise TfprodError(f"data {path} lacks the model input(s) {missing}; its features "
+                              f"are {list(schema.features)}")
+        ds = read_tfrecords(path, batch_size=batch_size, features=names, shuffle=False,
+                            deterministic=True)
+        return Inputs(ds.as_numpy_iterator(), schema.num_examples or None)
+    if path.lower().endswith(".csv"):
+        from tfprod.data import read_csv
+
+        ds = read_csv(path, columns=names, batch_size=batch_size, shuffle=False,
+                      deterministic=True)
+        return Inputs(ds.as_numpy_iterator(), None)
+    raise TfprodError(f"data {path}: a model with inputs {names} reads a .npz (arrays by "
+                      "name), a TFRecord folder or a .csv file with those names")
 
 
 def _check_data(shape: Sequence[int | None], expected: Sequence[int | None], path: str) -> None:
@@ -270,38 +303,17 @@ def _tfrecord_inputs(path: str, example_shape: Sequence[int | None], batch_size:
     return Inputs(batches, schema.num_examples or None)
 
 
-def _column_inputs(path: str, names: list[str], batch_size: int) -> Inputs:
-    from tfprod.data import Schema, read_csv, read_tfrecords
-    from tfprod.data.schema import SCHEMA_FILE
-
-    if path.lower().endswith(".csv"):
-        ds = read_csv(path, columns=names, batch_size=batch_size, shuffle=False,
-                      deterministic=True)
-    elif os.path.isdir(path) and os.path.exists(os.path.join(path, SCHEMA_FILE)):
-        missing = [n for n in names if n not in Schema.load(path).features]
-        if missing:
-            raise TfprodError(f"data {path} lacks the model's input(s) {missing}")
-        ds = read_tfrecords(path, features=names, batch_size=batch_size, shuffle=False,
-                            deterministic=True)
-    else:
-        raise TfprodError(f"data {path}: the model takes named inputs {names[:8]}; expected a "
-                          "CSV file or a TFRecord folder with those columns")
-    return Inputs(ds.as_numpy_iterator())
-
-
-def _rows(x: Any) -> int:
-    return len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
-
-
 def run_batches(predictor: Predictor, batches: Iterable[np.ndarray], *,
                 progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, float]:
     """All outputs of ``predictor`` over ``batches``, and the seconds spent in the model."""
+    from tfprod.export.batches import count
+
     outputs, seconds, done = [], 0.0, 0
     for x in batches:
         start = time.perf_counter()
         outputs.append(np.asarray(predictor(x)))
         seconds += time.perf_counter() - start
-        done += _rows(x)
+        done += count(x)
         if progress is not None:
             progress(done)
     if not outputs:
@@ -337,8 +349,8 @@ def predict(model: str | os.PathLike | Predictor, data: str | os.PathLike,
     Args:
         model: a ``.keras`` file, a SavedModel folder (or TF Serving base folder), a
             ``.tflite`` file, or a :class:`Predictor`.
-        data: a ``.npy`` array, an image folder, a tfprod TFRecord folder, or a CSV file (a
-            model with named inputs).
+        data: a ``.npy`` array, an image folder or a tfprod TFRecord folder; for a model with
+            several named inputs, a ``.npz``, a TFRecord folder or a ``.csv`` with those names.
         out: ``.npy`` (the output array), ``.csv`` or ``.jsonl`` (one example per row, with its
             file for image folders and its class for classifiers: the argmax, or the class as
             the labels named it for a model trained by ``tfprod train``).
@@ -357,8 +369,11 @@ def predict(model: str | os.PathLike | Predictor, data: str | os.PathLike,
         raise TfprodError(f"--out {out}: expected a file ending in {' / '.join(OUTPUT_FORMATS)}")
     predictor = model if callable(model) else load_predictor(model)
     start = time.perf_counter()
-    inputs = read_inputs(data, predictor.example_shape, batch_size=batch_size, feature=feature,
-                         input_names=getattr(predictor, "input_names", None))
+    if predictor.example_shape is None:
+        inputs = read_named_inputs(data, predictor.input_shapes, batch_size=batch_size)
+    else:
+        inputs = read_inputs(data, predictor.example_shape, batch_size=batch_size,
+                             feature=feature)
     report = None if progress is None else (lambda n: progress(n, inputs.total))
     outputs, model_seconds = run_batches(predictor, inputs.batches, progress=report)
     seconds = time.perf_counter() - start

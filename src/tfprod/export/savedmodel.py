@@ -34,6 +34,12 @@ from tfprod.data.task import LabelTask
 from tfprod.errors import TfprodError
 from tfprod.export.examples import Examples, collect_examples
 from tfprod.export.publish import check_base, fsync_tree, publish, staging_dir, version_exists
+from tfprod.export.ragged import (
+    RaggedInput,
+    RaggedServingInputs,
+    ragged_reference,
+    verify_ragged,
+)
 from tfprod.export.reference import (
     reference_stats,
     write_reference_sample,
@@ -190,13 +196,17 @@ def _add_user_endpoints(archive: Any, model: keras.Model, inputs: ServingInputs,
 
 
 def build_archive(model: keras.Model, *, top_k: int | None = None,
-                  extra_endpoints: Mapping[str, Any] | None = None) -> Any:
+                  extra_endpoints: Mapping[str, Any] | None = None,
+                  input_signature: Any = None,
+                  ragged_inputs: Mapping[str, RaggedInput] | None = None) -> Any:
     """A ``keras.export.ExportArchive`` with ``serving_default`` and the asked extras.
 
     ``write_out(path)`` on it writes the SavedModel. See :func:`export_saved_model`.
     """
-    inputs = serving_inputs(model)
-    names = output_names(model)
+    inputs = serving_inputs(model, input_signature)
+    names = output_names(model, inputs)
+    if ragged_inputs:
+        inputs = RaggedServingInputs(inputs, dict(ragged_inputs))
     archive = keras.export.ExportArchive()
     archive.track(model)  # lookup tables (StringLookup, IntegerLookup) need explicit tracking
     archive.add_endpoint(SERVING_DEFAULT, _serve(model, inputs, names),
@@ -211,7 +221,7 @@ def build_archive(model: keras.Model, *, top_k: int | None = None,
 def predict(model: keras.Model, inputs: ServingInputs, batch: Mapping[str, np.ndarray],
             *, batch_size: int = _PREDICT_BATCH) -> dict[str, np.ndarray]:
     """The Keras model's named outputs on examples given by signature input name."""
-    names = output_names(model)
+    names = output_names(model, inputs)
     n = len(next(iter(batch.values())))
     parts: dict[str, list[np.ndarray]] = {}
     for start in range(0, n, batch_size):
@@ -268,6 +278,8 @@ def export_saved_model(
     warmup: int = 4,
     top_k: int | None = None,
     extra_endpoints: Mapping[str, Any] | None = None,
+    input_signature: Any = None,
+    ragged_inputs: Mapping[str, RaggedInput] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Exports ``model`` as ``base_path/<version>/``, a SavedModel TF Serving can load.
@@ -294,6 +306,15 @@ def export_saved_model(
         extra_endpoints: name -> extra signature: a ``tf.function`` with an input signature
             (kept as is), or a callable that takes the model's inputs (a tensor, or a dict for
             a multi-input model) and returns a tensor or a dict of named tensors.
+        input_signature: the serving inputs, for a model whose inputs Keras cannot name: a
+            ``tf.TensorSpec``, a list, or a dict of name -> ``tf.TensorSpec`` (a subclassed
+            model taking a dict). Default: from ``keras.Input``, or for a subclassed model
+            the shapes recorded at its first call.
+        ragged_inputs: model input name -> :class:`~tfprod.export.ragged.RaggedInput`: the
+            signature takes that input as variable-length lists (``NAME.values`` and
+            ``NAME.row_lengths``), checks their lengths, pads them and the model masks the
+            padding. ``reference_data`` then gives each such input as a list of 1-D arrays;
+            it is used for the check before publishing (no warmup requests or statistics).
         progress: called with a short description of each stage.
 
     Returns:
@@ -317,22 +338,26 @@ def export_saved_model(
         raise TfprodError(f"got a {type(model).__name__}; expected a keras.Model")
     _check_version(version)
     base = os.fspath(base_path)
-    inputs = serving_inputs(model)
+    inputs = serving_inputs(model, input_signature)
     if not 0 <= warmup <= MAX_WARMUP_RECORDS:
         raise TfprodError(f"warmup={warmup}; expected 0 to {MAX_WARMUP_RECORDS} requests")
     versions = check_base(base)
     if version is not None and version in versions and not overwrite:
         raise version_exists(base, version)
-    examples, predictions = None, None
-    if reference_data is not None:
+    ragged = RaggedServingInputs(inputs, dict(ragged_inputs)) if ragged_inputs else None
+    examples, predictions, ragged_examples = None, None, None
+    if reference_data is not None and ragged is not None:
+        ragged_examples = ragged_reference(reference_data, ragged)
+    elif reference_data is not None:
         say("reading reference data")
         examples = collect_examples(reference_data, inputs)
         say(f"predicting {len(examples)} reference examples")
         predictions = predict(model, inputs, examples.inputs)
     with staging_dir(base) as tmp:
         say("writing SavedModel")
-        build_archive(model, top_k=top_k, extra_endpoints=extra_endpoints).write_out(
-            tmp, verbose=False)
+        build_archive(model, top_k=top_k, extra_endpoints=extra_endpoints,
+                      input_signature=input_signature,
+                      ragged_inputs=ragged_inputs).write_out(tmp, verbose=False)
         files, requests = _write_extras(tmp, examples, predictions, os.path.basename(
             os.path.abspath(base)), warmup)
         task = find_task(model)
@@ -343,6 +368,9 @@ def export_saved_model(
         endpoints = {k: describe(f) for k, f in sorted(loaded.signatures.items())}
         if examples is not None:
             _verify(loaded, examples, predictions, files.get("warmup"))
+        if ragged_examples is not None:
+            verify_ragged(loaded.signatures[SERVING_DEFAULT], model, ragged, ragged_examples,
+                          output_names(model, inputs))
         del loaded
         say("publishing")
         fsync_tree(tmp)
@@ -350,7 +378,8 @@ def export_saved_model(
     return ExportResult(
         path=path, version=version, base_path=base, signature=endpoints[SERVING_DEFAULT],
         endpoints=endpoints, warmup_requests=requests,
-        reference_examples=0 if examples is None else len(examples),
+        reference_examples=(len(examples) if examples is not None else
+                            ragged_examples[0] if ragged_examples is not None else 0),
         size_bytes=folder_size(path), seconds=time.perf_counter() - start,
         files={k: os.path.join(path, os.path.relpath(v, tmp)) for k, v in files.items()})
 

@@ -9,6 +9,7 @@ columns), so clients and ``tfprod serve`` address tensors by meaning, not by pos
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -68,12 +69,69 @@ def _structure(model: keras.Model, one: str, many: str) -> Any:
     return None
 
 
+def _call_argument(model: keras.Model) -> str:
+    """The name of the first argument of ``model.call`` (``x``, ``inputs``, ``image``...)."""
+    try:
+        params = list(inspect.signature(model.call).parameters)
+    except (TypeError, ValueError):
+        params = []
+    return params[0] if params else "inputs"
+
+
+def _subclassed_inputs(model: keras.Model) -> tuple[dict[str, tf.TensorSpec], str]:
+    """The inputs of a subclassed model, from the shapes Keras recorded when it was first
+    built or called (batch dimension freed; dtype: the model's input dtype)."""
+    shapes = getattr(model, "_build_shapes_dict", None) or {}
+    if model.built and getattr(model, "_called", False) and not shapes:
+        raise TfprodError(
+            f"model {model.name!r} was called, but Keras recorded no input shape for it: it "
+            "could not trace call() on symbolic inputs, and a serving graph needs exactly "
+            "that; use keras.ops.cond / tf.cond instead of Python 'if' on tensor values and "
+            "keras.ops instead of .numpy()/float(), or pass input_signature= to see the error")
+    if not model.built or len(shapes) != 1:
+        raise TfprodError(
+            f"model {model.name!r} is a subclassed model that has never been called or built, "
+            "so its input shape is unknown; call it once on a batch (model(x[:1])) or "
+            "model.build((None, ...)) before exporting, pass input_signature={name: "
+            "tf.TensorSpec(...)}, or build it with keras.Input")
+    shape = next(iter(shapes.values()))
+    dtype = tf.as_dtype(model.input_dtype)
+
+    def spec(name: str, dims: Any) -> tf.TensorSpec:
+        if not isinstance(dims, tuple | list) or not all(
+                d is None or isinstance(d, int) for d in dims):
+            raise TfprodError(f"model {model.name!r} was called with a nested input {name!r} "
+                              f"({dims}); export takes one tensor or a dict of tensors: pass "
+                              "input_signature={name: tf.TensorSpec(...)}")
+        return tf.TensorSpec((None, *dims[1:]), dtype, name=name)
+
+    if isinstance(shape, dict):
+        return {k: spec(k, v) for k, v in shape.items()}, "dict"
+    name = _call_argument(model)
+    return {name: spec(name, shape)}, "tensor"
+
+
+def _signature_inputs(input_signature: Any) -> tuple[dict[str, tf.TensorSpec], str]:
+    """An explicit ``input_signature``: a TensorSpec, a list of them, or a dict of them."""
+    if isinstance(input_signature, tf.TensorSpec):
+        return {input_signature.name or "inputs": input_signature}, "tensor"
+    if isinstance(input_signature, dict):
+        specs, kind = dict(input_signature), "dict"
+    elif isinstance(input_signature, list | tuple):
+        specs = {s.name or f"input_{i}": s for i, s in enumerate(input_signature)}
+        kind = "list" if len(specs) > 1 else "tensor"
+    else:
+        specs, kind = {}, ""
+    if not specs or not all(isinstance(s, tf.TensorSpec) for s in specs.values()):
+        raise TfprodError(f"input_signature={input_signature!r}; expected a tf.TensorSpec, a "
+                          "list of them, or a dict of input name -> tf.TensorSpec")
+    return {k: tf.TensorSpec(s.shape, s.dtype, name=k) for k, s in specs.items()}, kind
+
+
 def _model_inputs(model: keras.Model) -> tuple[Any, str]:
     struct = _structure(model, "input", "inputs")
     if struct is None:
-        raise TfprodError(
-            f"model {model.name!r} has no defined inputs (a subclassed model); build it with "
-            "keras.Input (functional or Sequential) so its serving signature is known")
+        return _subclassed_inputs(model)
     if isinstance(struct, dict):
         return dict(struct), "dict"
     if isinstance(struct, list | tuple):
@@ -96,14 +154,20 @@ def check_batch_dimension(name: str, shape: Sequence[int | None]) -> None:
             f"with keras.Input(shape={rest}) and no batch_size, then load the trained weights")
 
 
-def serving_inputs(model: keras.Model) -> ServingInputs:
+def serving_inputs(model: keras.Model, input_signature: Any = None) -> ServingInputs:
     """The named, batch-``None`` input specs of ``model``'s serving signature.
 
+    Functional and Sequential models name their inputs with ``keras.Input``; a subclassed model
+    that has been called or built once takes the shapes Keras recorded then (its input dtype,
+    named after the dict keys or ``call``'s first argument). ``input_signature`` (a
+    ``tf.TensorSpec``, a list, or a dict of name -> ``tf.TensorSpec``) overrides both.
+
     Raises:
-        TfprodError: a model without defined inputs, an input whose batch dimension is fixed
-            or missing, an input name a signature cannot carry.
+        TfprodError: a subclassed model never called or built, an input whose batch dimension
+            is fixed or missing, an input name a signature cannot carry.
     """
-    tensors, kind = _model_inputs(model)
+    tensors, kind = (_model_inputs(model) if input_signature is None
+                     else _signature_inputs(input_signature))
     specs = []
     for name, t in tensors.items():
         _check_name(name, "input")
@@ -112,9 +176,39 @@ def serving_inputs(model: keras.Model) -> ServingInputs:
     return ServingInputs(tuple(tensors), tuple(specs), kind)
 
 
-def output_names(model: keras.Model) -> list[str]:
-    """The signature's output names: dict-output keys, else the output layers' names."""
+def traced_outputs(model: keras.Model, inputs: ServingInputs) -> Any:
+    """The output structure of ``model`` on symbolic inputs: runs ``call`` once in a graph.
+
+    Raises:
+        TfprodError: ``call`` cannot be traced (Python control flow on tensor values,
+            ``.numpy()``, a Python side effect that needs concrete values).
+    """
+    symbolic = [keras.KerasTensor(tuple(s.shape), dtype=s.dtype.name, name=n)
+                for n, s in zip(inputs.names, inputs.specs, strict=True)]
+    try:
+        return model.compute_output_spec(inputs.structure(symbolic))
+    except Exception as e:  # the user's call(): any failure, named in one line
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise TfprodError(
+            f"model {model.name!r} cannot be traced into a serving graph: its call() raised "
+            f"{type(e).__name__}: {first}; use keras.ops.cond / tf.cond instead of Python "
+            "'if' on tensor values, keras.ops instead of .numpy(), and keep Python state out "
+            "of call()") from None
+
+
+def output_names(model: keras.Model, inputs: ServingInputs | None = None) -> list[str]:
+    """The signature's output names: dict-output keys, else the output layers' names (for a
+    subclassed model, given its ``inputs``: the keys of the dict it returns, else
+    ``output_0``, ``output_1``...)."""
     struct = _structure(model, "output", "outputs")
+    if struct is None and inputs is not None:
+        struct = traced_outputs(model, inputs)
+        if not isinstance(struct, dict):
+            flat = struct if isinstance(struct, list | tuple) else [struct]
+            declared = list(getattr(model, "output_names", None) or [])  # as Keras' compile
+            names = declared if len(declared) == len(flat) else [
+                f"output_{i}" for i in range(len(flat))]
+            return [_check_name(n, "output") for n in names]
     if isinstance(struct, dict):
         names = list(struct)
     else:
@@ -148,7 +242,10 @@ def describe(fn: Any) -> dict[str, dict[str, dict[str, Any]]]:
         return {"dtype": s.dtype.name, "shape": shape}
 
     _, kwargs = fn.structured_input_signature
-    return {"inputs": {k: spec(v) for k, v in sorted(kwargs.items())},
+    # The signature's keys are the specs' names (``seen.values``); the Python keyword names
+    # are sanitized copies (``seen_values``).
+    named = {(v.name or k): v for k, v in kwargs.items()}
+    return {"inputs": {k: spec(v) for k, v in sorted(named.items())},
             "outputs": {k: spec(v) for k, v in sorted(fn.structured_outputs.items())}}
 
 

@@ -10,12 +10,14 @@ import os
 import tarfile
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from tfprod.errors import TfprodError
+from tfprod.export import batches
 
-Predict = Callable[[np.ndarray], np.ndarray]
+Predict = Callable[[Any], np.ndarray]
 _ACCURACY = {"accuracy", "acc", "sparse_categorical_accuracy", "categorical_accuracy",
              "binary_accuracy"}
 _HIGHER_IS_BETTER = ("accuracy", "auc", "precision", "recall", "f1", "iou")
@@ -52,10 +54,11 @@ class Latency:
     runs: int
 
 
-def latency(predict: Predict, example: np.ndarray, *, runs: int = 200,
+def latency(predict: Predict, example: Any, *, runs: int = 200,
             warmup: int = 10) -> Latency:
     """Times ``runs`` calls on one example (a batch of 1) after ``warmup`` untimed ones."""
-    batch = np.asarray(example)[:1]
+    batch = batches.take(example, 0, 1) if isinstance(example, dict) else np.asarray(
+        example)[:1]
     for _ in range(warmup):
         predict(batch)
     times = np.empty(runs)
@@ -67,11 +70,12 @@ def latency(predict: Predict, example: np.ndarray, *, runs: int = 200,
     return Latency(float(p50), float(p99), runs)
 
 
-def throughput(predict: Predict, x: np.ndarray, *, batch_size: int = 64,
+def throughput(predict: Predict, x: Any, *, batch_size: int = 64,
                min_seconds: float = 0.5, min_batches: int = 3) -> float:
     """Examples per second at ``batch_size``: full batches for at least ``min_seconds``."""
-    x = np.asarray(x)
-    batch = np.resize(x, (batch_size, *x.shape[1:])) if len(x) < batch_size else x[:batch_size]
+    x = x if isinstance(x, dict) else np.asarray(x)
+    batch = (batches.resize(x, batch_size) if batches.count(x) < batch_size
+             else batches.take(x, 0, batch_size))
     predict(batch)  # the first call at this size traces or reallocates
     done, start = 0, time.perf_counter()
     while done < min_batches or time.perf_counter() - start < min_seconds:
@@ -80,10 +84,10 @@ def throughput(predict: Predict, x: np.ndarray, *, batch_size: int = 64,
     return done * batch_size / (time.perf_counter() - start)
 
 
-def predict_all(predict: Predict, x: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
-    """Outputs for every example of ``x``, in batches."""
-    return np.concatenate([np.asarray(predict(x[i:i + batch_size]))
-                           for i in range(0, len(x), batch_size)])
+def predict_all(predict: Predict, x: Any, *, batch_size: int = 256) -> np.ndarray:
+    """Outputs for every example of ``x`` (an array, or a dict by input name), in batches."""
+    return np.concatenate([np.asarray(predict(batches.take(x, i, i + batch_size)))
+                           for i in range(0, batches.count(x), batch_size)])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,20 +158,22 @@ def _flatten(value) -> list:
     return [value]
 
 
-def labelled_arrays(name: str, data) -> tuple[np.ndarray, np.ndarray]:
-    """``(x, y)`` numpy arrays from a tuple or a dataset of ``(x, y)`` batches."""
+def labelled_arrays(name: str, data) -> tuple[Any, np.ndarray]:
+    """``(x, y)`` numpy from a tuple or a dataset of ``(x, y)`` batches; ``x`` is an array, or
+    a dict of arrays by input name for a model with several named inputs."""
     if isinstance(data, tuple | list) and len(data) == 2:
-        x, y = np.asarray(data[0]), np.asarray(data[1])
+        x, y = batches.as_arrays(data[0]), np.asarray(data[1])
     elif hasattr(data, "as_numpy_iterator"):
         pairs = list(data.as_numpy_iterator())
         if not pairs or not isinstance(pairs[0], tuple) or len(pairs[0]) != 2:
             raise TfprodError(f"{name} data must yield (x, y) batches")
-        x = np.concatenate([p[0] for p in pairs])
+        x = batches.concatenate([p[0] for p in pairs])
         y = np.concatenate([p[1] for p in pairs])
     else:
         raise TfprodError(f"{name} data is a {type(data).__name__}; expected (x, y) arrays or a "
                           "tf.data.Dataset of (x, y) batches")
-    if len(x) != len(y) or len(x) == 0:
-        raise TfprodError(f"{name} data has {len(x)} inputs and {len(y)} labels; expected the "
+    n = batches.count(x)
+    if n != len(y) or n == 0:
+        raise TfprodError(f"{name} data has {n} inputs and {len(y)} labels; expected the "
                           "same positive number")
     return x, y

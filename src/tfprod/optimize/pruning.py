@@ -44,6 +44,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfprod.errors import TfprodError
+from tfprod.export import batches
 
 #: Layers whose kernels are pruned by default.
 PRUNABLE_LAYERS: tuple[type, ...] = (
@@ -361,12 +362,13 @@ def _as_dataset(data: Any, batch_size: int, *, shuffle: bool, name: str) -> tf.d
         raise TfprodError(f"{name} is a {type(data).__name__}; expected a tf.data.Dataset of "
                           "(x, y) batches or a tuple (x, y) of arrays")
     x, y = data
-    if len(x) != len(y) or len(x) == 0:
-        raise TfprodError(f"{name} has {len(x)} inputs and {len(y)} labels; expected the same, "
+    n = batches.count(x)  # x: an array, or a dict by input name
+    if n != len(y) or n == 0:
+        raise TfprodError(f"{name} has {n} inputs and {len(y)} labels; expected the same, "
                           "non-zero number")
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle:
-        ds = ds.shuffle(len(x), seed=0, reshuffle_each_iteration=True)
+        ds = ds.shuffle(n, seed=0, reshuffle_each_iteration=True)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 

@@ -52,6 +52,7 @@ class OptimizeReport:
     test_examples: int
     seconds: float
     plot: str | None = None
+    refused: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (variant, why)
 
     def result(self, name: str) -> VariantResult:
         """The row of variant ``name``."""

@@ -28,13 +28,23 @@ import numpy as np
 
 from tfprod.errors import TfprodError
 from tfprod.export.keras_files import save_keras
-from tfprod.export.litert import LiteRTConverter, LiteRTModel, single_input, write_atomic
+from tfprod.export.litert import (
+    LiteRTConverter,
+    LiteRTModel,
+    LiteRTUnsupported,
+    input_shapes,
+    write_atomic,
+)
 from tfprod.export.predict import KerasPredictor, Predictor, SavedModelPredictor
 
 LITERT_VARIANTS = ("float32", "dynamic", "float16", "int8", "int8-io")
 DEFAULT_VARIANTS: tuple[str, ...] = ("keras", "xla", "keras-int8", *LITERT_VARIANTS,
                                      "pruned50-int8", "pruned80-int8")
 _PRUNED = re.compile(r"pruned(\d{1,2})-(" + "|".join(LITERT_VARIANTS) + ")")
+
+
+class VariantRefused(TfprodError):
+    """One variant cannot be built for this model (the others may be): the reason."""
 
 
 @dataclasses.dataclass
@@ -67,8 +77,9 @@ class VariantBuilder:
     """Builds variants of ``model`` into ``out_dir``, sharing intermediate work between them.
 
     Args:
-        model: a trained Keras model with one input (not modified).
-        train: ``(x, y)`` training arrays: representative data for int8, fine-tuning for pruning.
+        model: a trained Keras model with one input or several named ones (not modified).
+        train: ``(x, y)`` training arrays (``x`` a dict by input name for several inputs):
+            representative data for int8, fine-tuning for pruning.
         out_dir: where the artifacts go (``<variant>.keras`` / ``.tflite`` / ``<variant>/``).
         prune_epochs: fine-tuning epochs of each pruned model.
         num_samples: representative examples for int8 calibration.
@@ -77,7 +88,7 @@ class VariantBuilder:
     def __init__(self, model, train: tuple[np.ndarray, np.ndarray], out_dir: str | os.PathLike,
                  *, prune_epochs: int = 8, num_samples: int = 200) -> None:
         self.model = model
-        self.example_shape = tuple(single_input(model).shape[1:])
+        self.input_shapes = input_shapes(model)
         self.x_train, self.y_train = train
         self.out_dir = os.fspath(out_dir)
         self.prune_epochs = prune_epochs
@@ -136,11 +147,18 @@ class VariantBuilder:
         import keras
         import tensorflow as tf
 
+        from tfprod.export.signature import serving_inputs
+
         model = self.model
-        inp = single_input(model)
-        spec = tf.TensorSpec((None, *self.example_shape), inp.dtype, name=inp.name)
-        serve = tf.function(lambda x: model(x, training=False), input_signature=[spec],
-                            jit_compile=True)
+        inputs = serving_inputs(model)
+        text = [n for n, spec in zip(inputs.names, inputs.specs, strict=True)
+                if spec.dtype == tf.string]
+        if text:
+            raise VariantRefused(f"XLA compiles no string ops, and the model takes the "
+                                 f"string input(s) {text}; the keras and LiteRT variants "
+                                 "run them")
+        serve = tf.function(lambda *x: model(inputs.structure(x), training=False),
+                            input_signature=list(inputs.specs), jit_compile=True)
         serve.get_concrete_function()
         archive = keras.export.ExportArchive()
         archive.track(model)
@@ -171,7 +189,10 @@ class VariantBuilder:
     def _litert(self, name: str, variant: str, *, sparsity: int) -> Variant:
         kind = "int8" if variant == "int8-io" else variant
         converter = self._converter(sparsity)
-        content = converter.convert(kind, int8_io=variant == "int8-io")
+        try:
+            content = converter.convert(kind, int8_io=variant == "int8-io")
+        except LiteRTUnsupported as e:
+            raise VariantRefused(str(e)) from None
         path = write_atomic(self._path(name, ".tflite"), content)
         runner = LiteRTModel.load(path)
         ops = runner.unquantized_ops() if kind == "int8" else None

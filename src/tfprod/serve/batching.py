@@ -35,7 +35,7 @@ import contextlib
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -137,8 +137,13 @@ def _pad_to(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def merge_inputs(parts: Sequence[Arrays], *, allowed_batch_sizes: Sequence[int] = (),
-                 pad_variable_length: bool = False) -> tuple[Arrays, int, int]:
+                 pad_variable_length: bool = False,
+                 ragged: Mapping[str, str] | None = None) -> tuple[Arrays, int, int]:
     """Concatenate requests along dim 0 and pad the batch.
+
+    Args:
+        ragged: the inputs whose dim 0 is not the batch: ``NAME.values`` -> ``NAME.row_lengths``
+            (concatenated as they are; a padding row repeats the first request's first list).
 
     Returns:
         (merged inputs, real batch size, padded batch size).
@@ -146,12 +151,20 @@ def merge_inputs(parts: Sequence[Arrays], *, allowed_batch_sizes: Sequence[int] 
     Raises:
         ServingError: INVALID_ARGUMENT when inputs differ in dims 1+ and padding is off.
     """
-    sizes = [next(iter(p.values())).shape[0] for p in parts] if parts[0] else [0] * len(parts)
+    ragged = ragged or {}
+    rows = next((k for k in parts[0] if k not in ragged), None)
+    sizes = [p[rows].shape[0] for p in parts] if rows is not None else [0] * len(parts)
     total = sum(sizes)
     target = next((b for b in allowed_batch_sizes if b >= total), total)
     merged: Arrays = {}
     for name in parts[0]:
         arrays = [p[name] for p in parts]
+        if name in ragged:
+            if target > total:
+                first = parts[0][name][:int(parts[0][ragged[name]][:1].sum())]
+                arrays.append(np.tile(first, target - total))
+            merged[name] = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+            continue
         inner = {a.shape[1:] for a in arrays}
         if len(inner) > 1:
             if not pad_variable_length or len({len(s) for s in inner}) > 1:
@@ -428,7 +441,7 @@ class DynamicBatcher:
             else:
                 merged, total, target = merge_inputs(
                     [t.inputs for t in batch], allowed_batch_sizes=self._allowed,
-                    pad_variable_length=self._pad)
+                    pad_variable_length=self._pad, ragged=getattr(run, "ragged_values", None))
             self.batch_calls += 1
             outputs = run(merged)
             if len(batch) == 1 and target == total:
@@ -438,6 +451,13 @@ class DynamicBatcher:
         except Exception as e:  # every failure goes to the requests, never kills the thread
             error = e if isinstance(e, ServingError) else internal(
                 f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}")
+            if len(batch) > 1 and isinstance(e, ServingError) and \
+                    e.code.name == "INVALID_ARGUMENT":
+                # A model that checks its inputs fails the whole batch for one bad request:
+                # run them one by one, so only that request gets the error.
+                for t in batch:
+                    self._run(queue, [t])
+                return
             _deliver(batch, None, error)
             return
         if self.metrics is not None:  # before the answers: a client then sees its batch

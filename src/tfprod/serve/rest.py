@@ -42,7 +42,7 @@ import orjson
 
 from tfprod.serve import examples as ex
 from tfprod.serve import hooks as hk
-from tfprod.serve import json_codec, metrics, openapi
+from tfprod.serve import json_codec, metrics, openapi, ragged
 from tfprod.serve.errors import ServingError, deadline_exceeded, invalid_argument, not_found
 
 Scope = MutableMapping[str, Any]
@@ -227,7 +227,7 @@ class RestApi:
             try:
                 with _NO_GC:
                     info = servable.signature(signature)
-                    inputs, fmt = json_codec.decode_predict(request, info.inputs)
+                    inputs, fmt = ragged.decode_predict(request, info.inputs)
                 del request, body  # the parsed lists are not needed while the model runs
                 deadline = self._deadline()
                 expected = False  # submit_async ends the announcement, even when it raises

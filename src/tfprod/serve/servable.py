@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 import time
 from concurrent.futures import Future
@@ -26,7 +27,7 @@ import tensorflow as tf
 from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
-from tfprod.serve import litert
+from tfprod.serve import litert, ragged
 from tfprod.serve.batching import Arrays, DynamicBatcher
 from tfprod.serve.errors import ServingError, internal, invalid_argument, unavailable
 from tfprod.serve.metrics import ServingMetrics
@@ -144,12 +145,26 @@ def _first_line(e: BaseException) -> str:
     return (text.splitlines() or [type(e).__name__])[0][:500]
 
 
+def _op_message(e: tf.errors.OpError) -> str:
+    """The runtime's own message of an OpError, as TF Serving reports it: without the
+    "Graph execution error: Detected at node ..." preamble Python adds, and the text of a
+    failed ``tf.debugging.Assert`` without its brackets."""
+    text = (e.message or "").strip()
+    if text.startswith("Graph execution error"):
+        lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith((
+            " ", "\t", "Graph execution error", "Detected at node", "<stack traces"))]
+        text = lines[0] if lines else text
+    text = re.sub(r"\s*\[\[\{\{node .*$|\s*\[Op:[^\]]*\]$", "", text.splitlines()[0])
+    asserted = re.fullmatch(r"assertion failed: \[(.*)\]", text)
+    return asserted.group(1) if asserted else text[:500]
+
+
 def serving_error(e: BaseException) -> ServingError:
     """``e`` as a ServingError: TensorFlow's OpErrors keep their canonical code."""
     if isinstance(e, ServingError):
         return e
     if isinstance(e, tf.errors.OpError):
-        return ServingError(_CODES.get(e.error_code, grpc.StatusCode.UNKNOWN), _first_line(e))
+        return ServingError(_CODES.get(e.error_code, grpc.StatusCode.UNKNOWN), _op_message(e))
     return internal(f"{type(e).__name__}: {_first_line(e)}")
 
 
@@ -218,6 +233,9 @@ class _Signature:
         self.info = info
         self.specs = [_InputSpec(t) for t in info.inputs.values()]
         self.names = frozenset(info.inputs)
+        # Ragged inputs (NAME.values + NAME.row_lengths): the batch is the number of lists.
+        self.ragged = ragged.ragged_pairs(info.inputs)
+        self.ragged_values = {v: n for v, n in self.ragged.values()}  # values -> row_lengths
         self.batchable = info.batchable
         self.run = run
         self.runtime = runtime
@@ -230,14 +248,15 @@ class _Signature:
             raise _names_error(inputs, self.names)
         sig = self.info.name
         arrays = {s.name: s.coerce(inputs[s.name], sig) for s in self.specs}
+        lists = ragged.check_components(arrays, self.ragged, sig) if self.ragged else None
         if not self.batchable:
             return arrays, 1
-        sizes = {a.shape[0] for a in arrays.values()}
+        sizes = {a.shape[0] for k, a in arrays.items() if k not in self.ragged_values}
         if len(sizes) > 1:
             got = ", ".join(f"{k}: {a.shape[0]}" for k, a in arrays.items())
             raise invalid_argument(f"inputs of signature \"{sig}\" must have the same size in "
                                    f"dim 0 (the batch); got {got}")
-        return arrays, sizes.pop()
+        return arrays, sizes.pop() if sizes else lists
 
     def __call__(self, inputs: Arrays) -> Arrays:
         start = time.perf_counter()
