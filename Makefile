@@ -3,12 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean postgresql
+.PHONY: demo test lint bench clean postgresql nginx
 
 demo: $(VENV)/.installed
 	$(BIN)/tfprod quickstart
 
-test: $(VENV)/.installed-test postgresql
+test: $(VENV)/.installed-test postgresql nginx
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest
 
@@ -31,6 +31,11 @@ $(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
 postgresql:
 	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
 		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
+
+# The replica tests put a real nginx (Debian's package) in front of several servers.
+nginx:
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx \
+		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache tfprod-quickstart

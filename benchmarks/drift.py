@@ -8,6 +8,8 @@ own; the data itself (2 x N x C x 4 bytes) is reported beside it. Both tools mus
     python benchmarks/drift.py --rows 100000,1000000 --cols 100 --tools tfprod,evidently
     python benchmarks/drift.py --rows 100000,1000000,10000000 --cols 100 --tools tfprod
     python benchmarks/drift.py --rows 1000000 --cols 10,100,300 --tools tfprod
+    python benchmarks/drift.py --rows 1000000,3000000,10000000 --cols 100 \
+        --tools tfprod,tfprod-exact                        # fine histograms vs sorted merge
 """
 
 from __future__ import annotations
@@ -70,7 +72,11 @@ def peak_rss() -> int:
 def _run(tool: str, ref: dict, cur: dict) -> list[str]:
     if tool == "evidently":
         return run_evidently(ref, cur)
-    return run_tfprod(ref, cur, "none" if tool == "tfprod" else "domain_classifier")
+    if tool == "tfprod-exact":  # the sorted merge at every size, not the fine histograms
+        from tfprod.monitor import univariate
+
+        univariate.EXACT_MAX_ROWS = 2 ** 62
+    return run_tfprod(ref, cur, "domain_classifier" if tool == "tfprod+joint" else "none")
 
 
 def one(tool: str, rows: int, cols: int, repeats: int) -> dict:
@@ -102,6 +108,7 @@ def main() -> None:
     parser.add_argument("--cols", default="100")
     parser.add_argument("--tools", default="tfprod,tfprod+joint,evidently",
                         help="tfprod (per-feature, the same job as Evidently's preset), "
+                        "tfprod-exact (the same, sorted merge above 1M rows too), "
                         "tfprod+joint (plus the domain classifier), evidently")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--evidently-repeats", type=int, default=1)

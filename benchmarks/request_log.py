@@ -39,6 +39,7 @@ import serving as sv
 from machine import add_machine_args, machine_info, wait_for_load
 
 NAMES = ("log-off", "log-on", "log+drift")
+LOADS = [sv.SMALL[-1], sv.LARGE]  # 1 instance at c=64; 64 instances at c=8
 
 
 def make_servers(tmp: Path, model: dict, batching_file: Path, interval: float) -> list:
@@ -46,7 +47,7 @@ def make_servers(tmp: Path, model: dict, batching_file: Path, interval: float) -
     for name in NAMES:
         base = tmp / f"base-{name}"
         shutil.copytree(model["version_1"], base / "1")
-        server = sv.tfprod_server(name, base, tmp, batching_file)
+        server = sv.tfprod_server(name, base, tmp / f"{name}.log", batching_file)
         if name != "log-off":
             server.command += [f"--request_log={tmp / (name + '.db')}",
                                f"--monitoring_interval_seconds="
@@ -75,7 +76,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="tfprod-request-log-"))
     servers = []
     try:
-        model = sv.train_and_export(tmp, args.epochs, args.seed)
+        model = sv.train_and_export(tmp, 8, args.epochs, args.seed, version_2=False)
         bodies = sv.write_bodies(tmp, model["x_test"])
         scripts = {k: sv.write_lua(p) for k, p in bodies.items()}
         batching_file = tmp / "batching.config"
@@ -83,13 +84,17 @@ def main() -> int:
                                  "5000 }\nnum_batch_threads { value: 1 }\n"
                                  "max_enqueued_batches { value: 32 }\n")
         servers = make_servers(tmp, model, batching_file, args.interval)
-        sv.start_all(servers)
+        for s in servers:
+            s.start()
+        for s in servers:
+            s.wait_ready(sv.READY_TIMEOUT_S)
         if args.max_load is not None:
             wait_for_load(args.max_load, args.max_wait, console)
         load_start = list(os.getloadavg())
         wrk = sv.Wrk(1, 30.0)
-        runs = sv.measure(servers, wrk, scripts, argparse.Namespace(
-            repeats=args.repeats, warmup=args.warmup, duration=args.duration))
+        runs = sv.measure(servers, wrk, scripts, LOADS, argparse.Namespace(
+            repeats=args.repeats, warmup=args.warmup, duration=args.duration), 64)
+        load_end = list(os.getloadavg())
         completed = {s.name: sum(r.requests for ld in runs[s.name].values() for r in ld)
                      for s in servers}
     finally:
@@ -97,33 +102,37 @@ def main() -> int:
             s.stop()
     counts = {n: logged(tmp, n) for n in NAMES[1:]}
     table = Table(title="tfprod serve --enable_batching, request log on/off (wrk, 127.0.0.1)")
-    for c in ("server", "load", "req/s median (min-max)", "x log-off", "p99 ms", "p99 x off"):
+    for c in ("server", "load", "req/s median (min-max)", "x log-off", "p99 ms", "p99 x off",
+              "cpu us/req"):
         table.add_column(c)
     results = {}
     for name in NAMES:
-        for load in sv.LOADS:
+        for load in LOADS:
             rs = runs[name][load.name]
             rps = [r.rps for r in rs]
             p99 = [r.p99_ms for r in rs]
             off = runs["log-off"][load.name]
             x = statistics.median(rps) / statistics.median([r.rps for r in off])
             px = statistics.median(p99) / statistics.median([r.p99_ms for r in off])
+            cpu = [r.cpu_us for r in rs]
             results[f"{name}/{load.name}"] = {"rps": rps, "p99_ms": p99, "x_off_rps": x,
-                                              "x_off_p99": px}
+                                              "x_off_p99": px, "cpu_us": cpu}
             table.add_row(name, load.name, f"{statistics.median(rps):,.0f} ({min(rps):,.0f}-"
-                          f"{max(rps):,.0f})", f"{x:.2f}", f"{statistics.median(p99):.1f}",
-                          f"{px:.2f}")
+                          f"{max(rps):,.0f})", f"{x:.2f}", f"{statistics.median(p99):.1f} "
+                          f"({min(p99):.1f}-{max(p99):.1f})", f"{px:.2f}",
+                          f"{statistics.median(cpu):,.0f}")
     console.print(table)
     drift_cost = {ld.name: statistics.median([r.rps for r in runs["log+drift"][ld.name]]) /
                   statistics.median([r.rps for r in runs["log-on"][ld.name]])
-                  for ld in sv.LOADS}
+                  for ld in LOADS}
     console.print(f"log+drift / log-on throughput: {drift_cost}")
     console.print(f"requests completed (incl. warm-up runs not counted by wrk: logged may be "
                   f"more): {completed}; rows in the logs: {counts}")
     info = machine_info()
-    console.print(f"load average at start: {load_start}; machine: {info}")
+    console.print(f"load average at start: {load_start}, end: {load_end}; machine: {info}")
     if args.json:
         args.json.write_text(json.dumps({"machine": info, "load_start": load_start,
+                                         "load_end": load_end,
                                          "results": results, "drift_cost": drift_cost,
                                          "logged": counts, "completed": completed}, indent=1))
     shutil.rmtree(tmp, ignore_errors=True)

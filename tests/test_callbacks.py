@@ -416,3 +416,89 @@ def test_learning_rate_logger_needs_an_optimizer():
     logger.set_model(_dense_model(optimizer=None))
     with pytest.raises(TfprodError, match="found no optimizer"):
         logger.on_train_begin()
+
+
+# --- under tfprod's Trainer (the loop the callbacks are documented for) -----------------------
+
+def _trainer_batches(nan_at=None, n=64):
+    """Batches of 8 from ``_data(n)``, in order; the batch ``nan_at`` has a NaN label."""
+    x, y = _data(n)
+    y = y.copy()
+    if nan_at is not None:
+        y[8 * nan_at, 0] = np.nan
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+
+
+def test_trainer_rollback_on_nan_restores_the_last_epoch_mid_fit(capsys):
+    from tfprod.train import Trainer
+
+    model = _dense_model(keras.optimizers.Adam(0.01))
+    recorder, rollback = WeightRecorder(), RollbackOnNaN()
+    # 4 steps per epoch over 8 batches: epoch 0 is clean, epoch 1 meets the NaN at its batch 2.
+    history = Trainer(model).fit(_trainer_batches(nan_at=6), epochs=5, steps_per_epoch=4,
+                                 callbacks=[recorder, rollback])
+
+    assert (rollback.failed_epoch, rollback.failed_batch) == (1, 2)
+    assert rollback.restored_from == "end of epoch 0"
+    assert (1, 2) in recorder.batch_end and not all(  # the NaN step did reach the weights
+        np.isfinite(w).all() for w in recorder.batch_end[(1, 2)])
+    assert (1, 3) not in recorder.batch_end  # training stopped at the NaN batch
+    assert _same(model.get_weights(), recorder.epoch_end[0])
+    assert int(model.optimizer.iterations.numpy()) == 4  # the optimizer's state came back too
+    assert len(history.history["loss"]) == 2
+    assert "restored the weights from the end of epoch 0" in capsys.readouterr().err
+
+
+def test_trainer_loss_stagnation_stops_a_model_that_cannot_learn():
+    from tfprod.train import Trainer
+
+    model = _dense_model(keras.optimizers.SGD(learning_rate=0.0))
+    x, _ = _data(32)
+    y = np.random.default_rng(1).normal(size=(32, 1)).astype("float32")
+    stall = LossStagnation(patience=3)
+    history = Trainer(model).fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8),
+                                 epochs=20, callbacks=[stall])
+    assert stall.stalled_epoch == 3 and "is flat" in stall.message
+    assert len(history.history["loss"]) == 4
+
+
+def test_trainer_gradient_stats_measures_the_gradient_and_the_last_update():
+    from tfprod.train import Trainer
+
+    model = _dense_model(keras.optimizers.SGD(0.05))
+    x, y = _data(32)
+    recorder = WeightRecorder()
+    stats = GradientStats((x[:16], y[:16]))
+    history = Trainer(model).fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8),
+                                 epochs=1, callbacks=[recorder, stats])
+
+    with tf.GradientTape() as tape:  # the gradient at the final weights, computed here
+        loss = keras.losses.MeanSquaredError()(y[:16], model(x[:16], training=True))
+    grads = tape.gradient(loss, model.trainable_variables)
+    assert history.history["grad_norm"] == [pytest.approx(float(tf.linalg.global_norm(grads)),
+                                                          rel=1e-5)]
+    assert stats.latest["loss"] == pytest.approx(float(loss), rel=1e-6)
+    # The update ratio spans the epoch's last step (batch 2 -> 3), known on the first epoch
+    # because the Trainer tells callbacks its step count.
+    before, after = recorder.batch_end[(0, 2)], recorder.batch_end[(0, 3)]
+    ratios = list(stats.latest["update_ratio"].values())  # layer by layer: kernel, bias
+    assert len(ratios) == 2
+    for ratio, (i, j) in zip(ratios, [(0, 1), (2, 3)], strict=True):
+        moved = sum(np.sum((after[k] - before[k]).astype(np.float64) ** 2) for k in (i, j))
+        size = sum(np.sum(before[k].astype(np.float64) ** 2) for k in (i, j))
+        assert ratio == pytest.approx(np.sqrt(moved / size), rel=1e-5)
+
+
+def test_trainer_learning_rate_logger_logs_the_decayed_schedule(tmp_path):
+    from tfprod.train import Trainer
+
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.1, decay_steps=3, decay_rate=0.5)
+    model = _dense_model(keras.optimizers.SGD(schedule))
+    x, y = _data(32)
+    logger = LearningRateLogger(tmp_path)
+    history = Trainer(model).fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8),
+                                 epochs=3, callbacks=[logger])
+    expected = [float(schedule(4 * (epoch + 1))) for epoch in range(3)]
+    assert history.history["learning_rate"] == expected
+    tags, _ = _events(tmp_path / "train")
+    assert [(s, float(v)) for s, _, v in tags["learning_rate"]] == list(enumerate(expected))

@@ -453,3 +453,23 @@ def test_unsaveable_model_leaves_no_file(tmp_path):
     with pytest.raises(TfprodError, match="cannot save the model"):
         save_keras(model, tmp_path / "m.keras")
     assert os.listdir(tmp_path) == []
+
+
+class _EagerOnlyOffset(keras.layers.Layer):
+    """Adds 1 when run eagerly and 0 when traced: Python-side behaviour a SavedModel loses."""
+
+    def call(self, x):
+        return x + (1.0 if tf.executing_eagerly() else 0.0)
+
+
+def test_a_model_that_behaves_differently_traced_is_refused_and_nothing_is_published(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, _EagerOnlyOffset(name="scores")(keras.layers.Dense(2)(inputs)))
+    x = np.random.default_rng(0).normal(size=(8, 3)).astype("float32")
+    base = tmp_path / "models" / "m"
+    with pytest.raises(TfprodError, match=r"disagrees with the Keras model on output .*"
+                                          r"max difference 1\.0.*behaves differently when "
+                                          r"traced"):
+        export_saved_model(model, base, reference_data=x)
+    assert _entries(base) == []  # no version, no staging folder left behind

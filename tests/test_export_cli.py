@@ -3,6 +3,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from test_cli import run
@@ -37,6 +38,13 @@ def test_export_writes_a_version_keras_and_weights(digits_cnn, sample_dir, tmp_p
     assert report["signature"]["outputs"] == {
         "probabilities": {"dtype": "float32", "shape": [None, 10]}}
     assert report["reference_examples"] == 1438 and report["warmup_requests"] == 4
+    # An image model: the penultimate layer is exported and the sample keeps its embeddings.
+    width = report["endpoints"]["embedding"]["outputs"]
+    (shape,) = [v["shape"] for v in width.values()]
+    assert "with embeddings" in r.stdout
+    with np.load(base / "1" / "assets.extra" / "tfprod" / "reference_sample.npz") as z:
+        assert z["embeddings"].shape == (len(z["inputs/image"]), shape[1])
+        assert z["embeddings"].dtype == np.float32 and np.isfinite(z["embeddings"]).all()
     assert os.path.getsize(tmp_path / "out.keras") > 0
     assert os.path.getsize(tmp_path / "out.weights.h5") > 0
     assert sorted(os.listdir(base)) == ["1"]

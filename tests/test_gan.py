@@ -4,17 +4,15 @@ import glob
 import io
 import os
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
+from rich.console import Console
 
-keras = pytest.importorskip("keras")
-tf = pytest.importorskip("tensorflow")
-
-from rich.console import Console  # noqa: E402
-
-from tfprod.errors import TfprodError  # noqa: E402
-from tfprod.models.gan import make_discriminator, make_generator  # noqa: E402
-from tfprod.train.gan import (  # noqa: E402
+from tfprod.errors import TfprodError
+from tfprod.models.gan import make_discriminator, make_generator
+from tfprod.train.gan import (
     GRID_COLUMNS,
     GRID_PAD,
     GANTrainer,
@@ -147,13 +145,13 @@ def event_tags(logdir):
 
 
 @pytest.mark.slow
-def test_short_run_writes_samples_logs_and_in_range_quality(tmp_path):
+def test_a_short_run_writes_samples_and_logs_and_beats_untrained_and_noise(tmp_path):
     from PIL import Image
 
-    epochs = 2
-    history = train_gan(tmp_path, epochs=epochs, num_images=512, seed=0, console=quiet())
+    epochs = 10  # ~230 steps: the fewest here after which samples clearly beat the baselines
+    history = train_gan(tmp_path, epochs=epochs, seed=0, console=quiet())
 
-    assert history["epoch"] == [1, 2]
+    assert history["epoch"] == list(range(1, epochs + 1))
     assert np.isfinite(history["d_loss"]).all() and np.isfinite(history["g_loss"]).all()
     assert 0.1 <= history["confidence"][-1] <= 1.0
     assert 0.0 <= history["class_entropy"][-1] <= np.log2(10) + 1e-9
@@ -178,3 +176,16 @@ def test_short_run_writes_samples_logs_and_in_range_quality(tmp_path):
     _, (x_test, _) = load_digits(16)
     real = sample_quality(classifier, x_test / 127.5 - 1.0)
     assert real["confidence"] > 0.9 and real["class_entropy"] > 3.2
+
+    # Training beats the same generator untrained (which has collapsed onto one class) and
+    # uniform noise: here 0.76 confidence vs 0.54 and 0.56; 2.9 bits of classes vs 0.
+    rng = np.random.default_rng(1)
+    z = rng.standard_normal((1000, 32)).astype(np.float32)
+    keras.utils.set_random_seed(0)
+    untrained = sample_quality(classifier, make_generator(32, 16)(z, training=False))
+    noise = sample_quality(classifier, rng.uniform(-1, 1, (1000, 16, 16, 1)))
+    trained = {k: history[k][-1] for k in ("confidence", "class_entropy")}
+    for baseline in (untrained, noise):
+        assert trained["confidence"] > baseline["confidence"] + 0.1, (trained, baseline)
+    assert trained["class_entropy"] > untrained["class_entropy"] + 1.5, (trained, untrained)
+    assert trained["class_entropy"] > 2.0  # most of the ten digits come out

@@ -176,3 +176,39 @@ def test_corrupt_inside_a_whole_looking_file_is_skipped_when_asked(folder):
 def test_bad_arguments(folder, kwargs, message):
     with pytest.raises(TfprodError, match=message):
         image_folder(folder[0], **kwargs)
+
+
+def test_every_reader_runs_with_tf_data_autotuning_off(digits_dirs):
+    """The per-epoch stall fix (tfprod.data.options.apply_options): the autotuner's thread is
+    off in every pipeline tfprod builds, whatever else the options say."""
+    from tfprod.data import read_csv, read_tfrecords
+
+    pipelines = {
+        "images": image_folder(digits_dirs["png"]["train"], (8, 8)),
+        "images, deterministic": image_folder(digits_dirs["png"]["train"], (8, 8),
+                                              deterministic=True),
+        "csv": read_csv(digits_dirs["csv"]["train"], label="label"),
+        "tfrecord": read_tfrecords(digits_dirs["tfrecord"]["train"], label="label"),
+    }
+    for name, ds in pipelines.items():
+        options = ds.options()
+        assert options.autotune.enabled is False, name
+        assert options.experimental_optimization.map_parallelization is True, name
+    assert pipelines["images"].options().deterministic is False
+    assert pipelines["images, deterministic"].options().deterministic is True
+
+
+def test_the_image_cache_holds_uint8_pixels(tmp_path):
+    """Cached decoded images are uint8 (a quarter of float32's bytes) and become float32 per
+    batch after the cache; the file cache's size shows which was stored."""
+    make_image_folder(tmp_path / "imgs", [40, 40], size=(32, 32))
+    ds = image_folder(tmp_path / "imgs", (32, 32), batch_size=16, cache=str(tmp_path / "c"),
+                      shuffle=False)
+    first = _epoch(ds)
+    assert ds.element_spec[0].dtype.name == "float32"
+    cached = sum(f.stat().st_size for f in tmp_path.glob("c*.data*"))
+    pixels = 80 * 32 * 32 * 3
+    assert pixels <= cached < 1.5 * pixels, cached  # float32 would be 4 * pixels
+    again = _epoch(ds)  # the second epoch reads the cache: the same images and labels
+    np.testing.assert_array_equal(again[0], first[0])
+    np.testing.assert_array_equal(again[1], first[1])

@@ -1,12 +1,11 @@
 """RunningMeanNormalization: exact running statistics, read-only inference, save/load, fit."""
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
-keras = pytest.importorskip("keras")
-tf = pytest.importorskip("tensorflow")
-
-from tfprod.models.layers import RunningMeanNormalization  # noqa: E402
+from tfprod.models.layers import RunningMeanNormalization
 
 
 def batches(seed=0, sizes=(7, 32, 1, 50), features=3):

@@ -59,3 +59,33 @@ def test_monitor_profile_merges_shards(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "profile of 160 rows" in out.stdout
     assert (tmp_path / "all.profile.npz").exists()
+
+
+def test_monitor_skew_table_json_exit_status_and_bad_input(tmp_path):
+    rng = np.random.default_rng(2)
+    _write(tmp_path / "train.npz", planted_table(rng, 3000))
+    _write(tmp_path / "same.npz", planted_table(rng, 3000))
+    served = planted_table(rng, 3000, categorical=True)
+    served["f7"] = served["f7"] * 3 + 2  # a unit change at serving time
+    _write(tmp_path / "served.npz", served)
+    clean = _run("monitor", "skew", tmp_path / "train.npz", tmp_path / "same.npz")
+    assert clean.returncode == 0, clean.stderr
+    assert "0 of 50 features skewed" in clean.stdout and "no skew" in clean.stdout
+    out = _run("monitor", "skew", tmp_path / "train.npz", tmp_path / "served.npz",
+               "--json", tmp_path / "s.json")
+    assert out.returncode == 1, out.stderr
+    assert "2 of 50 features skewed" in out.stdout and "SKEW" in out.stdout
+    doc = json.loads((tmp_path / "s.json").read_text())
+    assert doc["skew"] and sorted(doc["skewed"]) == ["color", "f7"]
+    assert doc["predictions"] is None and doc["serving_rows"] == 3000
+    np.savez(tmp_path / "a.npz", x=np.zeros(5), y=np.zeros(5))
+    np.savez(tmp_path / "b.npz", x=np.zeros(5))
+    for args, message in [((tmp_path / "a.npz", tmp_path / "b.npz"), "missing y"),
+                          ((tmp_path / "a.npz", tmp_path / "nothing.db"), "no request log there"),
+                          ((tmp_path / "a.npz", tmp_path / "b.npz", "--l-infinity", "2"),
+                           "--l-infinity 2; expected a distance in (0, 1]"),
+                          ((tmp_path / "a.npz", tmp_path / "a.npz", "--keras", "m.keras"),
+                           "no served outputs to compare with --keras")]:
+        bad = _run("monitor", "skew", *args)
+        lines = [line for line in bad.stderr.splitlines() if line.strip()]
+        assert bad.returncode == 2 and len(lines) == 1 and message in lines[0], bad.stderr

@@ -272,3 +272,89 @@ def test_skew_comparators():
     assert out["p"]["skew"] and out["p"]["class_flips"] == pytest.approx(
         np.mean(probs.argmax(1) != flipped.argmax(1)))
     assert not prediction_skew({"p": probs}, {"p": probs + 1e-6})["p"]["skew"]
+
+
+def test_skew_report_ranks_thresholds_and_exit_status():
+    """What `tfprod monitor skew` prints and returns: the planted features, worst first."""
+    from tfprod.monitor import skew_report
+
+    rng = np.random.default_rng(10)
+    train = planted_table(rng, 3000)
+    served = planted_table(rng, 3000, categorical=True, variance=True)
+    served["f7"] = served["f7"] * 3 + 2  # a unit change in one feature at serving time
+    report = skew_report(train, served)
+    assert sorted(report.skewed) == ["color", "f7", "scale"] and report.exit_status == 1
+    # score / threshold, worst first: f7 0.48, scale 0.18 (std x1.5), color 0.15 (l-infinity)
+    assert [r[0] for r in report.rows()[:3]] == ["f7", "scale", "color"]
+    assert report.rows()[2][-1] == "SKEW" and report.rows()[3][-1] == "-"
+    doc = report.to_json()
+    assert doc["skew"] and doc["predictions"] is None and doc["training_rows"] == 3000
+    by = {f["name"]: f for f in doc["features"]}
+    assert by["color"]["measure"] == "l_infinity" and by["f7"]["measure"] == "jensen_shannon"
+    assert by["f7"]["score"] > 0.4 and by["color"]["score"] == pytest.approx(0.15, abs=0.03)
+    assert skew_report(train, served, jensen_shannon=0.3, l_infinity=0.5).skewed == ["f7"]
+    clean = skew_report(train, planted_table(rng, 3000))
+    assert not clean.skew and clean.exit_status == 0 and clean.summary().startswith("no skew")
+    probs = rng.dirichlet([1, 1, 1], 50)
+    agree = skew_report(train, served, served_predictions={"p": probs},
+                        training_predictions={"p": probs + 1e-6})
+    assert agree.predictions["p"]["skew"] is False and "predictions agree" in agree.summary()
+    with pytest.raises(TfprodError, match="the serving data has no rows"):
+        skew_report(train, {k: v[:0] for k, v in train.items()})
+    with pytest.raises(TfprodError, match="share no name"):
+        skew_report(train, served, served_predictions={"p": probs},
+                    training_predictions={"q": probs})
+    with pytest.raises(TfprodError, match=r"output 'p': served shape \(50, 3\)"):
+        skew_report(train, served, served_predictions={"p": probs},
+                    training_predictions={"p": probs[:10]})
+
+
+def test_binned_path_equals_the_exact_one_within_its_bounds(monkeypatch):
+    """Large samples are compared on fine histograms (linear time): KS and Wasserstein within
+    the stated bounds of the exact merge, the same decisions; atoms fall back to exact."""
+    from tfprod.monitor import drift as dr
+
+    rng = np.random.default_rng(11)
+    n = 300_000
+    a = rng.standard_normal(n).astype(np.float32)
+    b = (rng.standard_normal(n) * 1.02 + 0.15).astype(np.float32)
+    d, p, w = uni.ks_wasserstein(a, b)
+    binned = uni.binned_cdfs(a, b)
+    assert d - binned.ks_error <= binned.ks <= d + 1e-12
+    assert abs(binned.wasserstein - w) <= binned.wasserstein_error
+    assert uni.binned_is_tight(binned, n, n, float(np.std(a)))
+    assert binned.quantile("current", 0.5) == pytest.approx(np.median(b), abs=1e-3)
+    exact = dr._numeric("x", "wasserstein", a, b)
+    monkeypatch.setattr(uni, "EXACT_MAX_ROWS", 10_000)
+    calls, binned_numeric = [], dr._numeric_binned
+    monkeypatch.setattr(dr, "_numeric_binned", lambda *args: calls.append(1) or
+                        binned_numeric(*args))
+    fast = dr._numeric("x", "wasserstein", a, b)
+    assert calls == [1]
+    assert fast.score == pytest.approx(exact.score, abs=uni.BINNED_MAX_W_ERROR)
+    assert fast.p_value == pytest.approx(exact.p_value, abs=1e-12)  # both ~0: a real shift
+    assert fast.reference_mean == pytest.approx(exact.reference_mean, rel=1e-4)
+    for f, e in zip(fast.histogram, exact.histogram, strict=True):  # the report's histogram
+        np.testing.assert_allclose(f, e, atol=2e-3)
+    same = rng.standard_normal(n).astype(np.float32)  # no shift: a p-value in the middle
+    fast_same = dr._numeric("x", "ks", a, same)
+    monkeypatch.setattr(uni, "EXACT_MAX_ROWS", 10**9)
+    exact_same = dr._numeric("x", "ks", a, same)
+    monkeypatch.setattr(uni, "EXACT_MAX_ROWS", 10_000)
+    assert exact_same.p_value > 0.01 and fast_same.p_value == pytest.approx(
+        exact_same.p_value, abs=0.05)
+    # Atoms (small integers): a bin holds a large mass, the bound is loose: exact instead.
+    calls.clear()
+    ints = dr._numeric("k", "wasserstein", rng.poisson(3, n).astype(np.float64),
+                       rng.poisson(3, n).astype(np.float64))
+    assert not calls and ints.score < 0.02
+    # The planted table found the same, binned (every column above the limit) and exact.
+    monkeypatch.setattr(uni, "EXACT_MAX_ROWS", 1000)
+    ref, cur = planted_table(rng, 20_000), planted_table(rng, 20_000, mean_shift=True,
+                                                         variance=True)
+    binned_report = detect_drift(ref, cur, multivariate="none")
+    assert calls  # the continuous columns went the binned way
+    monkeypatch.setattr(uni, "EXACT_MAX_ROWS", 10**9)
+    exact_report = detect_drift(ref, cur, multivariate="none")
+    assert binned_report.drifted == exact_report.drifted
+    assert set(binned_report.drifted) >= {"f0", "f1", "f2", "scale"}

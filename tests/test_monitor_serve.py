@@ -27,7 +27,8 @@ def _data(rng, n, shift=0.0):
 
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory):
-    """A 4 -> 16 -> 3 classifier exported with a reference sample and an embedding endpoint."""
+    """A 4 -> 16 -> 3 classifier exported with a reference sample and an embedding endpoint;
+    the Keras model beside the base path (``tiny.keras``)."""
     import keras
 
     from tfprod.export import export_saved_model
@@ -45,6 +46,7 @@ def tiny_base(tmp_path_factory):
     base = tmp_path_factory.mktemp("tiny") / "tiny"
     export_saved_model(model, base, reference_data=(x, y), warmup=1,
                        extra_endpoints={"embedding": embed})
+    model.save(base.parent / "tiny.keras")
     return base
 
 
@@ -299,3 +301,96 @@ def test_feedback_and_monitor_routes_fuzzed_from_the_openapi_document(served):
     assert sum(statuses.values()) >= 50 and {200, 400, 404} <= set(statuses), statuses
     assert server.proc.poll() is None
     assert client.get("/v1/ready").status_code == 200
+
+
+def test_monitor_skew_runs_the_same_examples_through_both_paths(tiny_base, tmp_path):
+    """Logged requests vs the training pipeline (the .keras model) on the same inputs: a log
+    whose outputs came from a server scaling its inputs differently is skew, an honest one is
+    not; the features of both logs are compared with the export's reference sample."""
+    import keras
+
+    from tfprod.monitor.records import LogRecord
+    from tfprod.monitor.store import SqliteStore
+
+    net = keras.saving.load_model(tiny_base.parent / "tiny.keras")
+    x, _ = _data(np.random.default_rng(5), 2000)
+    for name, served in [("honest", x), ("skewed", x * 0.5)]:
+        store = SqliteStore(str(tmp_path / f"{name}.db"))
+        out = net.predict(served, verbose=0)
+        store.write([LogRecord(f"{name}{i}", 1.0 + i, "tiny", 1, "serving_default",
+                               {"x": x[i:i + 100]}, {"probabilities": out[i:i + 100]}, 1.0)
+                     for i in range(0, len(x), 100)])
+        store.close()
+    runs = {name: subprocess.run(
+        [TFPROD, "monitor", "skew", str(tiny_base), str(tmp_path / f"{name}.db"), "--keras",
+         str(tiny_base.parent / "tiny.keras"), "--json", str(tmp_path / f"{name}.json")],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "100"})
+        for name in ("honest", "skewed")}
+    assert runs["honest"].returncode == 0, runs["honest"].stdout + runs["honest"].stderr
+    honest = json.loads((tmp_path / "honest.json").read_text())
+    assert honest["serving_rows"] == 2000 and not honest["skewed"]
+    assert honest["predictions"]["probabilities"]["max_abs_diff"] < 1e-4
+    assert honest["predictions"]["probabilities"]["class_flips"] == 0
+    assert runs["skewed"].returncode == 1, runs["skewed"].stderr
+    skewed = json.loads((tmp_path / "skewed.json").read_text())
+    expected_flips = np.mean(net.predict(x, verbose=0).argmax(1)
+                             != net.predict(x * 0.5, verbose=0).argmax(1))
+    assert skewed["predictions"]["probabilities"]["skew"] and not skewed["skewed"]
+    assert skewed["predictions"]["probabilities"]["class_flips"] == pytest.approx(expected_flips)
+    assert "served vs training pipeline" in runs["skewed"].stdout
+
+
+def test_export_keeps_the_reference_embeddings_and_drift_uses_them(tiny_base, tmp_path):
+    """The sample's embeddings are the model's penultimate layer on the sampled rows, written
+    at export; drift reads them instead of recomputing (planted: a copy whose stored
+    embeddings are moved is found as joint drift against unchanged data)."""
+    import shutil
+
+    import keras
+
+    from tfprod.monitor import Dataset, detect_drift, load_dataset
+    from tfprod.monitor.model import ExportedModel, penultimate, with_model_outputs
+
+    version = tiny_base / "1"
+    ref = load_dataset(version)
+    net = keras.saving.load_model(tiny_base.parent / "tiny.keras")
+    hidden = penultimate(net)
+    assert hidden.output.shape == (None, 16) and ref.embeddings.shape == (ref.rows, 16)
+    np.testing.assert_allclose(ref.embeddings, hidden.predict(ref.features["x"], verbose=0),
+                               rtol=1e-5, atol=1e-5)
+    moved = tmp_path / "moved" / "1"
+    shutil.copytree(version, moved)
+    sample = moved / "assets.extra" / "tfprod" / "reference_sample.npz"
+    with np.load(sample) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["embeddings"] = arrays["embeddings"] + 3.0
+    np.savez_compressed(sample, **arrays)
+    x, _ = _data(np.random.default_rng(6), 400)
+    reports = {}
+    for name, folder in (("stored", version), ("moved", moved)):
+        reference, current = load_dataset(folder), Dataset({"x": x})
+        with_model_outputs(ExportedModel(str(folder)), reference, current)
+        reports[name] = detect_drift(reference, current)
+    assert reports["stored"].multivariate["test"] == "mmd"
+    assert not reports["stored"].multivariate["drift"]
+    assert reports["moved"].multivariate["drift"]  # the stored, moved embeddings were used
+
+
+def test_penultimate_finds_the_head_input_past_weightless_layers():
+    import keras
+
+    from tfprod.data.task import infer_task
+    from tfprod.errors import TfprodError
+    from tfprod.export.embedding import has_image_input
+    from tfprod.export.embedding import penultimate as find
+    from tfprod.models import small_cnn
+    from tfprod.monitor.model import penultimate
+
+    task = infer_task(np.array([0, 1, 2, 1]))
+    cnn = small_cnn((8, 8, 1), task=task, dense=12)  # Dense(12) -> class_scores -> Target
+    assert penultimate(cnn).output.shape == (None, 12) and has_image_input(cnn)
+    inputs = keras.Input((4,))
+    two = keras.Model(inputs, [keras.layers.Dense(2)(inputs), keras.layers.Dense(3)(inputs)])
+    assert find(two) is None and not has_image_input(two)
+    with pytest.raises(TfprodError, match="no penultimate"):
+        penultimate(two)

@@ -123,3 +123,24 @@ def test_cli_predict_writes_predictions_and_prints_throughput(exported, expected
     with open(tmp_path / "p.csv", newline="") as f:
         classes = [int(row["class"]) for row in csv.DictReader(f)]
     assert classes == expected.argmax(axis=1).tolist()
+
+
+def test_predict_calls_the_model_once_per_batch(exported, expected, tmp_path):
+    """The mechanism behind the throughput: whole batches per model call, not one example."""
+    inner = load_predictor(exported["savedmodel"])
+    sizes = []
+
+    class Counting:
+        example_shape = inner.example_shape
+
+        def __getattr__(self, name):
+            return getattr(inner, name)
+
+        def __call__(self, x):
+            sizes.append(len(x))
+            return inner(x)
+
+    n = len(expected)
+    result = predict(Counting(), exported["npy"], tmp_path / "p.jsonl", batch_size=64)
+    assert sizes == [64] * (n // 64) + ([n % 64] if n % 64 else [])
+    assert result.examples == n

@@ -50,7 +50,9 @@ def test_a_cached_prefetched_pipeline_feeding_a_heavy_model_is_compute_bound():
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(256).cache().prefetch(tf.data.AUTOTUNE)
     report = profile_training(mlp((784,), 10, hidden=(1024, 1024)), ds, steps=8, warmup=2)
     assert report.verdict == "compute-bound"
-    assert report.compute_share > 0.8
+    # Step by step rather than in total: one load spike on shared cores during one step's
+    # fetch does not decide it (the heavy step is ~100x the cached batch's fetch here).
+    assert np.median(report.wait_seconds) < 0.1 * np.median(report.compute_seconds)
     assert "XLA" in report.fix
     assert report.input_only_batches_per_second > report.steps_per_second
     payload = json.loads(json.dumps(report.to_json()))

@@ -1,5 +1,6 @@
 """Dynamic batching: merging, padding, the bounded queue, deadlines; then through real models."""
 
+import concurrent.futures
 import threading
 import time
 from concurrent.futures import CancelledError
@@ -127,10 +128,13 @@ def test_full_queue_is_resource_exhausted_at_once_and_bounded():
     model = GatedModel()
     _block(batcher, model)
     queued = [batcher.submit("k", model, {"x": np.ones((1, 1))}, 1) for _ in range(4)]
-    started = time.monotonic()
+    # "At once": the refusal comes while the model is still blocked, so it cannot have waited
+    # for room in the queue (a submit that waited would hang here until the 30 s bound).
+    refused = concurrent.futures.ThreadPoolExecutor(1).submit(
+        batcher.submit, "k", model, {"x": np.ones((1, 1))}, 1)
     with pytest.raises(ServingError) as e:
-        batcher.submit("k", model, {"x": np.ones((1, 1))}, 1)
-    assert time.monotonic() - started < 0.1
+        refused.result(30)
+    assert not model.gate.is_set() and not any(f.done() for f in queued)
     assert e.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and e.value.http_status == 429
     assert "queue" in e.value.message and batcher.pending == 4
     model.gate.set()

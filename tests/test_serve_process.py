@@ -1,6 +1,5 @@
 """`tfprod serve` as users run it: a process on free loopback ports, ready, then SIGTERM drains."""
 
-import importlib.util
 import json
 import os
 import shutil
@@ -18,7 +17,6 @@ from serve_models import publish, write_affine
 from tfprod.commands.serve import normalize_bool_flags
 
 TFPROD = shutil.which("tfprod", path=os.path.dirname(sys.executable)) or "tfprod"
-HAS_REST = importlib.util.find_spec("tfprod.serve.rest") is not None
 
 
 def free_port():
@@ -88,8 +86,6 @@ def test_serve_starts_answers_and_drains_on_sigterm(server):
     server.wait_for("ready")
     text = server.text()
     assert "model m version 1 AVAILABLE" in text and f"127.0.0.1:{server.grpc}" in text
-    if not HAS_REST:
-        pytest.skip("the REST front end is not in this tree yet")
     assert _get(server.rest, "/v1/ready")[0] == 200
     assert _post(server.rest, "/v1/models/m:predict", {"instances": [[1, 2, 3]]}) == (
         200, {"predictions": [[3.0, 5.0, 7.0]]})

@@ -361,6 +361,29 @@ def test_empty_batch_runs_as_its_own_call(tmp_path, store):
         assert r.get("m").predict(None, {"x": np.zeros((0, 3))})["y"].shape == (0, 3)
 
 
+def test_the_registry_counts_its_own_loads_states_and_model_calls(tmp_path, store):
+    from prometheus_text import delta, samples
+
+    metrics = ServingMetrics(process_metrics=False)
+    base = make_base(tmp_path, store, (1, 2))
+    with registry_for(ModelSpec("m", str(base)), metrics=metrics) as r:
+        loaded = samples(metrics.exposition().decode())  # after the warmup requests ran
+        for _ in range(4):
+            r.get("m").predict(None, {"x": X})
+        got = samples(metrics.exposition().decode())
+    def of(name):
+        return {tuple(sorted(labels)): v for (n, labels), v in got.items() if n == name}
+    # The latest version only, loaded once; nothing recorded that did not happen.
+    assert of(":tensorflow:cc:saved_model:load_attempt_count") == {
+        (("model_path", str(base / "2")), ("status", "success")): 1.0}
+    assert of(":tfprod:serving:model_version_state") == {
+        (("model_name", "m"), ("state", "AVAILABLE"), ("version", "2")): 1.0}
+    calls = ":tensorflow:serving:runtime_latency_count"
+    assert delta(loaded, got, calls, API="predict", model_name="m", runtime="TF2") == 4
+    assert [n for n, _ in got if n == calls] == [calls]  # no other API or model
+    assert of(":tensorflow:serving:request_count") == {}  # front ends count requests
+
+
 def test_metrics_use_tf_serving_names(tmp_path, store):
     metrics = ServingMetrics()
     with registry_for(ModelSpec("m", str(make_base(tmp_path, store, (1,)))),

@@ -311,6 +311,29 @@ def test_readiness_and_prometheus_metrics(client):
     assert 'model_name="nope"' not in text  # unknown names do not grow the metrics
 
 
+def test_prometheus_counts_move_by_exactly_the_requests_sent(client):
+    from prometheus_text import delta, samples
+
+    before = samples(client.get(MONITORING_PATH).text)
+    for _ in range(5):
+        assert post(client, ECHO, {"instances": [[1]]}).status_code == 200
+    for _ in range(3):
+        assert post(client, "/v1/models/echo/versions/7:predict",
+                    {"instances": [[1]]}).status_code == 404
+    for _ in range(2):
+        assert post(client, ECHO, b"{not json").status_code == 400
+    after = samples(client.get(MONITORING_PATH).text)
+    count = ":tensorflow:serving:request_count"
+    assert delta(before, after, count, model_name="echo", status="OK") == 5
+    assert delta(before, after, count, model_name="echo", status="NOT_FOUND") == 3
+    assert delta(before, after, count, model_name="echo", status="INVALID_ARGUMENT") == 2
+    assert delta(before, after, ":tensorflow:serving:request_latency_count",
+                 model_name="echo", API="predict", entrypoint="REST") == 10
+    # The model itself ran for the five good requests only.
+    assert delta(before, after, ":tensorflow:serving:runtime_latency_count",
+                 model_name="echo", API="predict", runtime="TF2") == 5
+
+
 def test_not_ready_is_503(tmp_path):
     empty = tmp_path / "ghost"
     empty.mkdir()
@@ -349,6 +372,16 @@ def slow(tmp_path_factory):
     return str(base), int(min(0.8 / per_step, 2_000_000))
 
 
+def _wait_for(condition, timeout=30.0):
+    """Polls ``condition`` until it holds (True) or ``timeout`` seconds pass (False)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.005)
+    return False
+
+
 def spin(steps):
     return f'{{"signature_name": "spin", "instances": [{steps}]}}'.encode()
 
@@ -362,7 +395,13 @@ def test_deadline_is_504_and_the_server_goes_on(slow):
             url = srv.url + "/v1/models/slow:predict"
             start = time.monotonic()
             r = httpx.post(url, content=spin(steps), timeout=30)
-            assert r.status_code == 504 and time.monotonic() - start < 0.7
+            answered = time.monotonic() - start
+            # The same call without a deadline, measured now on this (shared) machine: the 504
+            # came at the deadline, not when the model finished.
+            start = time.monotonic()
+            registry.get("slow").predict("spin", {"steps": np.array([steps], np.int32)})
+            full = time.monotonic() - start
+            assert r.status_code == 504 and 0.2 <= answered < full / 2, (answered, full)
             assert r.json() == {"error": "Request did not finish within its deadline of 200 ms "
                                          "(--rest_api_timeout_in_ms)"}
             r = httpx.post(url, content=spin(1), timeout=30)
@@ -380,11 +419,19 @@ def test_full_queue_is_429(slow):
         app = make_rest_app(registry, max_body_bytes=1024, timeout_ms=None, monitoring_path=None)
         with ThreadServer(app) as srv:
             url = srv.url + "/v1/models/slow:predict"
+            batcher = registry.batcher
+            calls = batcher.batch_calls
             with concurrent.futures.ThreadPoolExecutor(4) as pool:
-                replies = list(pool.map(lambda _: httpx.post(url, content=spin(steps), timeout=60),
-                                        range(4)))
-            codes = sorted(r.status_code for r in replies)
-            assert codes.count(429) >= 2 and codes.count(200) >= 1, codes
+                # One request runs and one waits in the queue (its one batch); only then come
+                # two more, which find the queue full. Events, not timing, order them.
+                first = [pool.submit(httpx.post, url, content=spin(steps), timeout=60)
+                         for _ in range(2)]
+                assert _wait_for(lambda: batcher.pending == 1 and batcher.batch_calls > calls)
+                late = [pool.submit(httpx.post, url, content=spin(steps), timeout=60)
+                        for _ in range(2)]
+                replies = [f.result() for f in first + late]
+            codes = [r.status_code for r in replies]
+            assert codes == [200, 200, 429, 429], codes
             full = next(r for r in replies if r.status_code == 429).json()["error"]
             assert full.startswith("The batch scheduling queue to which this task was submitted "
                                    "is full")
@@ -405,17 +452,19 @@ def affine_base(tmp_path_factory):
 
 def test_a_lone_request_does_not_wait_for_the_batch_timeout(affine_base):
     # TF Serving's batching makes a lone request wait batch_timeout_micros; tfprod does not.
-    batching = BatchingParameters(max_batch_size=8, batch_timeout_micros=3_000_000,
+    # A 30 s batch timeout: a request that waited it out could not pass a 10 s bound, which in
+    # turn is far above any one request here, even on 2 shared cores.
+    batching = BatchingParameters(max_batch_size=8, batch_timeout_micros=30_000_000,
                                   num_batch_threads=1)
     registry = ModelRegistry([ModelSpec("m", affine_base)], poll_wait_seconds=0,
                              batching=batching).start()
     try:
         app = make_rest_app(registry, max_body_bytes=1024, timeout_ms=None, monitoring_path=None)
-        with ThreadServer(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+        with ThreadServer(app) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
             for x in (1.0, 2.0, 3.0):
                 start = time.monotonic()
                 r = c.post("/v1/models/m:predict", json={"instances": [[x, 0.0, -x]]})
-                assert time.monotonic() - start < 1.0
+                assert time.monotonic() - start < 10.0
                 assert r.json() == {"predictions": [[2 * x + 1, 1.0, -2 * x + 1]]}
             # A request that fails before it is queued does not leave the batcher waiting.
             assert c.post("/v1/models/m:predict", content=b"{").status_code == 400
@@ -423,7 +472,7 @@ def test_a_lone_request_does_not_wait_for_the_batch_timeout(affine_base):
             start = time.monotonic()
             assert c.post("/v1/models/m:predict", json={"instances": [[0, 0, 0]]}).json() == \
                 {"predictions": [[1.0, 1.0, 1.0]]}
-            assert time.monotonic() - start < 1.0
+            assert time.monotonic() - start < 10.0
         assert registry.batcher._arriving == 0
     finally:
         registry.close()

@@ -241,3 +241,99 @@ def test_evaluate_is_the_mean_over_examples_as_keras_evaluate():
     want = model.evaluate(ds, verbose=0, return_dict=True)
     assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
     assert got["accuracy"] == pytest.approx(want["accuracy"], abs=1e-6)
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
+def test_mirrored_clip_norm_clips_the_all_reduced_gradient_like_one_replica(policy):
+    """Two replicas + clip_norm == one replica + clip_norm: the gradient is all-reduced, then
+    clipped (Keras' own global_clipnorm clips each replica's part); under mixed_float16 the
+    limit follows the loss scale, so the unscaled step still has norm clip_norm."""
+    x, y = _data(64)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(64)
+    probe = _model()
+    with tf.GradientTape() as tape:
+        loss = probe.loss(y, probe(x, training=True))
+    limit = float(tf.linalg.global_norm(tape.gradient(loss, probe.trainable_variables))) / 10
+    keras.mixed_precision.set_dtype_policy(policy)
+    try:
+        single = Trainer(_model(keras.optimizers.SGD(1.0)), clip_norm=limit)
+        before = [v.numpy() for v in single.model.trainable_variables]
+        single.fit(ds, epochs=1)
+        mirrored = Trainer(lambda: _model(keras.optimizers.SGD(1.0)),
+                           strategy=make_strategy("mirrored"), clip_norm=limit)
+        mirrored.fit(ds, epochs=1)
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    if policy == "mixed_float16":
+        assert isinstance(mirrored.model.optimizer, keras.optimizers.LossScaleOptimizer)
+    tolerance = 1e-6 if policy == "float32" else 2e-3
+    step = [b - v.numpy() for b, v in zip(before, single.model.trainable_variables, strict=True)]
+    assert float(tf.linalg.global_norm(step)) == pytest.approx(limit, rel=tolerance * 10)
+    for a, b in zip(single.model.weights, mirrored.model.weights, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=tolerance)
+    assert equal_replica_weights(mirrored.model)
+
+
+def test_split_cpu_makes_logical_devices_and_refuses_a_late_change():
+    """In a fresh process (this one split its CPU before anything ran, in conftest.py)."""
+    code = (
+        "from tfprod.train.strategies import split_cpu\n"
+        "from tfprod.errors import TfprodError\n"
+        "print(split_cpu(3))\n"
+        "print(split_cpu(3))\n"  # the same number again: harmless
+        "import tensorflow as tf; tf.constant(1.0) + 1\n"
+        "try:\n"
+        "    split_cpu(2)\n"
+        "except TfprodError as e:\n"
+        "    print('error:', e)\n"
+        "try:\n"
+        "    split_cpu(0)\n"
+        "except TfprodError as e:\n"
+        "    print('error:', e)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    devices = [f"/device:CPU:{i}" for i in range(3)]
+    assert done.stdout.splitlines() == [
+        str(devices), str(devices),
+        "error: cannot split the CPU into 2 devices: TensorFlow already initialized 3; choose "
+        "the strategy before building any model",
+        "error: num_devices=0; expected a positive integer"]
+
+
+def test_resume_draws_the_same_dropout_masks_as_an_uninterrupted_run(tmp_path):
+    """The checkpoint carries the Dropout layers' generator state: epoch 1, then a resumed
+    epoch 2, ends on the weights of two epochs in one run."""
+    def run(epochs, ckpt, resume):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+                                  keras.layers.Dropout(0.5), keras.layers.Dense(2)])
+        model.compile(optimizer=keras.optimizers.Adam(0.01),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        Trainer(model, checkpoint_dir=ckpt).fit(_dataset(), epochs=epochs, resume=resume)
+        return model.get_weights()
+
+    run(1, str(tmp_path / "a"), False)
+    resumed = run(2, str(tmp_path / "a"), True)
+    straight = run(2, str(tmp_path / "b"), False)
+    for a, b in zip(resumed, straight, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def _nodes(graph_def):
+    """Every node of a graph and of the functions in its library."""
+    yield from graph_def.node
+    for fn in graph_def.library.function:
+        yield from fn.node_def
+
+
+def test_accumulation_runs_one_micro_batch_at_a_time():
+    """The micro-batch loop is a while loop with parallel_iterations=1: TF would otherwise run
+    up to 10 iterations at once and hold their activations together, which is the memory
+    accumulation exists to save."""
+    x, y = _data(128)
+    trainer = Trainer(lambda: _model(keras.optimizers.SGD(0.3)), accumulation_steps=4)
+    trainer.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(32), epochs=1)
+    (step,) = trainer._train_step._list_all_concrete_functions()
+    loops = [n for n in _nodes(step.graph.as_graph_def()) if n.op in ("While", "StatelessWhile")]
+    assert loops and {n.attr["parallel_iterations"].i for n in loops} == {1}

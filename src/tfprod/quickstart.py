@@ -230,8 +230,7 @@ def drift_of_traffic(version_dir: str, request_log: str, windows: dict[str, tupl
     from tfprod.monitor.store import open_store, records_to_dataset
 
     model = ExportedModel(version_dir)
-    reference = load_dataset(version_dir)
-    reference.embeddings = model.embeddings(reference.features)
+    reference = load_dataset(version_dir)  # with the embeddings the export kept
     store = open_store(request_log, create=False)
     rows = []
     try:

@@ -72,6 +72,10 @@ def register(app: typer.Typer) -> None:
             None, "--weights", help="Also save the weights alone (.weights.h5)."),
         json_path: Path | None = typer.Option(None, "--json",
                                               help="Also write the result as JSON."),
+        embedding: bool | None = typer.Option(
+            None, "--embedding/--no-embedding", help="Add an `embedding` signature (the "
+            "penultimate layer) and keep the reference sample's embeddings for drift; "
+            "default: on for image models."),
     ) -> None:
         """Export a model for TF Serving: BASE/<version>/ with named signatures, atomically.
 
@@ -88,6 +92,7 @@ def register(app: typer.Typer) -> None:
             raise TfprodError(f"--data {data}: no such file or folder")
         tf()
         from tfprod.export import export_saved_model, load_keras, save_keras, save_weights
+        from tfprod.export.embedding import has_image_input, penultimate
         from tfprod.export.keras_files import check_keras_path, check_weights_path
 
         if keras_out is not None:
@@ -97,10 +102,12 @@ def register(app: typer.Typer) -> None:
         with progress() as p:
             task = p.add_task(f"loading {model}", total=None)
             net = load_keras(model)
+            if embedding is None:  # images are compared on what the model sees
+                embedding = has_image_input(net) and penultimate(net) is not None
             reference = None if data is None else _reference_data(data, net, label)
             result = export_saved_model(
                 net, base, version=version, overwrite=overwrite, reference_data=reference,
-                warmup=warmup, top_k=top_k,
+                warmup=warmup, top_k=top_k, embedding=embedding,
                 progress=lambda stage: p.update(task, description=stage))
             saved: dict[str, str] = {}
             if keras_out is not None:
@@ -119,6 +126,12 @@ def register(app: typer.Typer) -> None:
         if "reference_stats" in result.files:
             path = result.files["reference_stats"]
             rows.append(["reference statistics", path, f"{result.reference_examples} examples",
+                         _size(os.path.getsize(path))])
+        if "reference_sample" in result.files and "embedding" in result.endpoints:
+            path = result.files["reference_sample"]
+            width = result.endpoints["embedding"]["outputs"]
+            width = next(iter(width.values()))["shape"][1:] if width else []
+            rows.append(["reference sample", path, f"with embeddings {width}",
                          _size(os.path.getsize(path))])
         for what, path in saved.items():
             rows.append([what, path, "", _size(os.path.getsize(path))])

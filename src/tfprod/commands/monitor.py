@@ -57,7 +57,7 @@ def parse_since(text: str) -> float:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``tfprod monitor drift|profile|report`` to the root app."""
+    """Add ``tfprod monitor drift|profile|report|skew`` to the root app."""
     monitor = group(app, "monitor", "Drift, validation and model quality (tfprod.monitor).")
 
     @monitor.command("drift")
@@ -146,12 +146,96 @@ def register(app: typer.Typer) -> None:
 
         exported = ExportedModel(version)
         if exported.has_embedding:
-            ref.embeddings = exported.embeddings(ref.features)
+            if ref.embeddings is None:  # exported before the sample kept its embeddings
+                ref.embeddings = exported.embeddings(ref.features)
             cur.embeddings = exported.embeddings(cur.features)
         result = detect_drift(ref, cur, fdr=fdr)
         _print(result, f"model {name}, last {since} ({cur.rows} rows) vs version "
                f"{Path(version).name}", html, json_path)
         raise typer.Exit(result.exit_status)
+
+    @monitor.command("skew")
+    def skew(
+        training: Path = typer.Argument(..., help="What training saw: CSV, Parquet, .npy/.npz, "
+                                        "TFRecord folder, exported version folder."),
+        serving: str = typer.Argument(..., help="What serving saw: the same formats, or a "
+                                      "request log (.db path, sqlite:///, postgresql://)."),
+        label: str | None = typer.Option(None, help="A column holding labels (not compared)."),
+        model_name: str | None = typer.Option(None, "--model_name",
+                                              help="The logged model (request logs)."),
+        since: str | None = typer.Option(None, help="Logged requests newer than this (90s, "
+                                         "30m, 1h, 7d); default: all."),
+        keras_model: Path | None = typer.Option(
+            None, "--keras", help="The training pipeline's model (.keras): compare its "
+            "predictions with the served ones on the same examples."),
+        model: Path | None = typer.Option(
+            None, help="The exported version that serves (when SERVING has no outputs)."),
+        rows: int = typer.Option(2000, help="Examples run through both paths, at most."),
+        l_infinity: float = typer.Option(0.1, "--l-infinity",
+                                         help="Threshold of categorical features."),
+        jensen_shannon: float = typer.Option(0.1, "--jensen-shannon",
+                                             help="Threshold of numeric features."),
+        atol: float = typer.Option(1e-4, help="Largest prediction difference that is not skew."),
+        json_path: Path | None = typer.Option(None, "--json", help="Write the JSON here."),
+    ) -> None:
+        """Training/serving skew: the data each path saw, and the same examples through both.
+
+        Per feature, L-infinity distance of category frequencies and Jensen-Shannon distance of
+        binned values (TFDV's skew comparator); with --keras, the training pipeline's
+        predictions vs the served ones on the same examples. Exit status 1 on skew.
+
+        Example: [bold]tfprod monitor skew train.csv requests.db --keras model.keras[/]
+        """
+        from tfprod.errors import TfprodError
+        from tfprod.monitor import load_dataset, skew_report
+
+        for name, value in (("--l-infinity", l_infinity), ("--jensen-shannon", jensen_shannon)):
+            if not 0 < value <= 1:
+                raise TfprodError(f"{name} {value:g}; expected a distance in (0, 1]")
+        if rows < 1 or atol < 0:
+            raise TfprodError(f"--rows {rows}, --atol {atol:g}; expected --rows >= 1 and "
+                              "--atol >= 0")
+        train = load_dataset(training, label=label)
+        served = _served(serving, label, model_name, since)
+        served_outputs = training_outputs = None
+        if keras_model is not None:
+            n = min(rows, served.rows)
+            inputs = {k: v[:n] for k, v in served.features.items()}
+            if served.predictions:
+                served_outputs = {k: v[:n] for k, v in served.predictions.items()}
+            elif model is not None:
+                tf()
+                from tfprod.monitor.model import SERVING_DEFAULT, ExportedModel, version_folder
+
+                version = version_folder(model)
+                if version is None:
+                    raise TfprodError(f"--model {model}: no exported version there; give a "
+                                      "version folder or its base path")
+                served_outputs = ExportedModel(version).run(SERVING_DEFAULT, inputs)
+            else:
+                raise TfprodError(f"{serving}: no served outputs to compare with --keras; give "
+                                  "a request log or an exported version, or --model VERSION "
+                                  "to run the served model")
+            training_outputs = _keras_outputs(keras_model, inputs, served_outputs)
+        report = skew_report(train.features, served.features,
+                             served_predictions=served_outputs,
+                             training_predictions=training_outputs, l_infinity=l_infinity,
+                             jensen_shannon=jensen_shannon, atol=atol)
+        report.sources = {"training": str(training), "serving": served.source}
+        console.print(table(f"{served.source} ({report.serving_rows:,} rows) vs {training} "
+                            f"({report.training_rows:,} rows): {len(report.skewed)} of "
+                            f"{len(report.features)} features skewed",
+                            ["feature", "measure", "score", "threshold", "skew"],
+                            report.rows(limit=max(15, len(report.skewed) + 5))))
+        if report.predictions is not None:
+            console.print(table("the same examples: served vs training pipeline",
+                                ["output", "max |diff|", "class flips", "skew"], [
+                [k, f"{v['max_abs_diff']:.3g}",
+                 f"{v['class_flips']:.2%}" if "class_flips" in v else "-",
+                 "SKEW" if v["skew"] else "-"] for k, v in report.predictions.items()]))
+        console.print(report.summary(), highlight=False, soft_wrap=True)
+        write_json(json_path, report.to_json())
+        raise typer.Exit(report.exit_status)
 
     @monitor.command("profile")
     def profile(
@@ -177,3 +261,75 @@ def register(app: typer.Typer) -> None:
                             [[k, s.dtype, s.count, s.missing, f"{s.mean:.4g}", f"{s.std:.4g}",
                               s.minimum, s.maximum] for k, s in result.summaries.items()]))
         err_console.print(f"[dim]wrote {out}[/]")
+
+
+_LOG_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+
+
+def _served(serving: str, label: str | None, model_name: str | None, since: str | None) -> Any:
+    """SERVING as a Dataset: a request log (a URL or a .db file) or any data file."""
+    import time
+
+    from tfprod.errors import TfprodError
+    from tfprod.monitor import load_dataset
+
+    if not (serving.startswith(("sqlite://", "postgresql://", "postgres://"))
+            or serving.endswith(_LOG_SUFFIXES)):
+        if model_name is not None or since is not None:
+            raise TfprodError(f"--model_name / --since select requests of a log; {serving} is "
+                              "a data file (give a .db path or a sqlite:// / postgresql:// URL)")
+        return load_dataset(serving, label=label)
+    from tfprod.monitor.store import open_store, records_to_dataset, redact
+
+    store = open_store(serving, create=False)
+    try:
+        records = store.read(model_name, since=None if since is None
+                             else time.time() - parse_since(since))
+    finally:
+        store.close()
+    where = f"{redact(serving)}" + (f", model {model_name!r}" if model_name else "") + (
+        f", last {since}" if since else "")
+    if not records:
+        raise TfprodError(f"{where}: no logged requests; check the log, --model_name and "
+                          "--since")
+    models = {r.model for r in records}
+    if len(models) > 1:
+        raise TfprodError(f"{where}: requests of {len(models)} models ({', '.join(sorted(models))})"
+                          "; choose one with --model_name")
+    served = records_to_dataset(records)
+    served.source = f"{where} ({len(records)} requests)"
+    return served
+
+
+def _keras_outputs(path: Path, inputs: dict[str, Any], served: dict[str, Any]) -> dict[str, Any]:
+    """The Keras model's outputs on ``inputs``, named as the served outputs are."""
+    from tfprod.errors import TfprodError
+
+    tf()
+    import keras
+    import numpy as np
+
+    try:
+        net = keras.saving.load_model(path)
+    except Exception as e:  # a missing, foreign or corrupt file
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise TfprodError(f"--keras {path}: not a loadable Keras model ({first}); give the "
+                          ".keras file the model was trained as") from None
+    names = [t.name.split("/")[0].split(":")[0] for t in net.inputs]
+    x: Any = {k: inputs[k] for k in names if k in inputs}
+    if len(x) != len(names):
+        if len(names) == 1 and len(inputs) == 1:
+            x = next(iter(inputs.values()))
+        else:
+            raise TfprodError(f"--keras {path}: the model takes {names}; the served examples "
+                              f"have {sorted(inputs)}")
+    elif len(names) == 1:
+        x = x[names[0]]
+    out = net.predict(x, batch_size=256, verbose=0)
+    if isinstance(out, dict):
+        return {k: np.asarray(v) for k, v in out.items()}
+    if isinstance(out, (list, tuple)):
+        return {k: np.asarray(v) for k, v in zip(net.output_names, out, strict=True)}
+    if len(served) == 1:
+        return {next(iter(served)): np.asarray(out)}
+    return {net.output_names[0]: np.asarray(out)}

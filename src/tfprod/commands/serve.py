@@ -129,6 +129,12 @@ def register(app: typer.Typer) -> None:
         request_log_buffer: int = typer.Option(
             10_000, "--request_log_buffer", help="Log records held while the store catches "
             "up; beyond it records are dropped and counted (:tfprod:request_log:dropped)."),
+        drain_seconds: float = typer.Option(
+            30, "--drain_seconds", help="On SIGTERM: readiness turns 503, new connections are "
+            "refused, in-flight requests get this long to finish; then exit 0."),
+        drain_delay_seconds: float = typer.Option(
+            0, "--drain_delay_seconds", help="On SIGTERM: answer /v1/ready with 503 and keep "
+            "serving this long before refusing connections (for balancers that probe)."),
         monitoring_interval_seconds: float = typer.Option(
             60, "--monitoring_interval_seconds",
             help="Drift of the logged window vs the reference this often; 0: never."),
@@ -156,7 +162,8 @@ def register(app: typer.Typer) -> None:
             enable_model_warmup=enable_model_warmup, rest_api_host=rest_api_host,
             grpc_host=grpc_host, max_body_bytes=max_body_bytes, grpc_max_threads=grpc_max_threads,
             tensorflow_intra_op_parallelism=tensorflow_intra_op_parallelism,
-            tensorflow_inter_op_parallelism=tensorflow_inter_op_parallelism, runtime=runtime)
+            tensorflow_inter_op_parallelism=tensorflow_inter_op_parallelism, runtime=runtime,
+            drain_seconds=drain_seconds, drain_delay_seconds=drain_delay_seconds)
         raise typer.Exit(run(options, log=_log,
                              hooks=_monitor(options, request_log, monitoring_interval_seconds,
                                             request_log_buffer)))

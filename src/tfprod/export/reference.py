@@ -23,8 +23,9 @@ A numeric FEATURE (ints, floats, bools; images are numeric too)::
      "channels": [{"mean": ..., "std": ...}, ...]}   # "image" only: per channel
 
 Beside it, ``reference_sample.npz`` keeps a uniform sample of at most ``SAMPLE_EXAMPLES`` of
-those examples (``inputs/<name>``, ``predictions/<name>``, ``labels``), what ``tfprod.monitor``
-compares served requests with.
+those examples (``inputs/<name>``, ``predictions/<name>``, ``labels``, and ``embeddings``
+``[n, d]`` float32 when the version has an ``embedding`` endpoint: the model's penultimate layer
+on each sampled example), what ``tfprod.monitor`` compares served requests with.
 
 ``"image"`` is a numeric feature whose examples are ``[height, width, 1|3|4]``; its statistics
 are over pixel values. Histogram bins are equal-width over ``[min, max]`` (one bin when they are
@@ -51,7 +52,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -199,12 +200,14 @@ def write_reference_sample(
     predictions: Mapping[str, np.ndarray],
     labels: np.ndarray | None = None,
     *,
+    embed: Callable[[Mapping[str, np.ndarray]], np.ndarray] | None = None,
     max_examples: int = SAMPLE_EXAMPLES,
     seed: int = 0,
 ) -> str:
     """Writes a uniform sample of the reference examples to ``<version_dir>/`` SAMPLE_FILE.
 
-    Text inputs are stored as unicode arrays (the file holds no pickles).
+    Text inputs are stored as unicode arrays (the file holds no pickles). ``embed``, when
+    given, maps the sampled examples to their embeddings (stored as ``embeddings``).
     """
     n = len(next(iter(features.values()))) if features else 0
     keep = np.arange(n)
@@ -223,6 +226,9 @@ def write_reference_sample(
     arrays.update({f"predictions/{k}": storable(v) for k, v in predictions.items()})
     if labels is not None:
         arrays["labels"] = storable(labels)
+    if embed is not None and n:
+        arrays["embeddings"] = np.asarray(embed({k: np.asarray(v)[keep]
+                                                 for k, v in features.items()}), np.float32)
     path = os.path.join(os.fspath(version_dir), SAMPLE_FILE)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as f:

@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from tfprod.data.task import LabelTask
 from tfprod.errors import TfprodError
+from tfprod.export.embedding import EMBEDDING, penultimate, signature_embedder
 from tfprod.export.examples import Examples, collect_examples
 from tfprod.export.publish import check_base, fsync_tree, publish, staging_dir, version_exists
 from tfprod.export.ragged import (
@@ -280,6 +281,7 @@ def export_saved_model(
     extra_endpoints: Mapping[str, Any] | None = None,
     input_signature: Any = None,
     ragged_inputs: Mapping[str, RaggedInput] | None = None,
+    embedding: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Exports ``model`` as ``base_path/<version>/``, a SavedModel TF Serving can load.
@@ -305,7 +307,8 @@ def export_saved_model(
             (``classes``, int64) and their ``scores`` (one-output classifiers).
         extra_endpoints: name -> extra signature: a ``tf.function`` with an input signature
             (kept as is), or a callable that takes the model's inputs (a tensor, or a dict for
-            a multi-input model) and returns a tensor or a dict of named tensors.
+            a multi-input model) and returns a tensor or a dict of named tensors. An
+            ``embedding`` endpoint's outputs on the reference sample are kept with it.
         input_signature: the serving inputs, for a model whose inputs Keras cannot name: a
             ``tf.TensorSpec``, a list, or a dict of name -> ``tf.TensorSpec`` (a subclassed
             model taking a dict). Default: from ``keras.Input``, or for a subclassed model
@@ -315,6 +318,8 @@ def export_saved_model(
             ``NAME.row_lengths``), checks their lengths, pads them and the model masks the
             padding. ``reference_data`` then gives each such input as a list of 1-D arrays;
             it is used for the check before publishing (no warmup requests or statistics).
+        embedding: add an ``embedding`` endpoint, the model's penultimate layer
+            (:func:`tfprod.export.embedding.penultimate`), unless ``extra_endpoints`` has one.
         progress: called with a short description of each stage.
 
     Returns:
@@ -344,6 +349,14 @@ def export_saved_model(
     versions = check_base(base)
     if version is not None and version in versions and not overwrite:
         raise version_exists(base, version)
+    extra_endpoints = dict(extra_endpoints or {})
+    if embedding and EMBEDDING not in extra_endpoints:
+        embedder = penultimate(model)
+        if embedder is None:
+            raise TfprodError(f"embedding=True but model {model.name!r} has no penultimate "
+                              "[batch, d] vector (one output whose head is a layer with "
+                              "weights on one vector); pass extra_endpoints={'embedding': ...}")
+        extra_endpoints[EMBEDDING] = embedder
     ragged = RaggedServingInputs(inputs, dict(ragged_inputs)) if ragged_inputs else None
     examples, predictions, ragged_examples = None, None, None
     if reference_data is not None and ragged is not None:
@@ -368,6 +381,11 @@ def export_saved_model(
         endpoints = {k: describe(f) for k, f in sorted(loaded.signatures.items())}
         if examples is not None:
             _verify(loaded, examples, predictions, files.get("warmup"))
+            embed = signature_embedder(loaded)
+            if embed is not None:
+                say("embedding the reference sample")
+            files["reference_sample"] = write_reference_sample(
+                tmp, examples.inputs, predictions, examples.labels, embed=embed)
         if ragged_examples is not None:
             verify_ragged(loaded.signatures[SERVING_DEFAULT], model, ragged, ragged_examples,
                           output_names(model, inputs))
@@ -398,6 +416,4 @@ def _write_extras(tmp: str, examples: Examples | None, predictions: Any, model_n
         files["warmup"] = path
     stats = reference_stats(examples.inputs, predictions, examples.labels)
     files["reference_stats"] = write_reference_stats(tmp, stats)
-    files["reference_sample"] = write_reference_sample(tmp, examples.inputs, predictions,
-                                                       examples.labels)
-    return files, requests
+    return files, requests  # the reference sample is written once the export loads back

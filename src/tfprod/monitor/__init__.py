@@ -7,7 +7,8 @@
   exported version folders (their reference sample).
 - :class:`Profile`: exact mergeable summaries plus a bounded uniform row sample.
 - :class:`Schema`: validation of served data against the reference.
-- :func:`feature_skew`, :func:`prediction_skew`: training/serving skew (TFDV's comparator).
+- :func:`feature_skew`, :func:`prediction_skew`, :func:`skew_report` -> :class:`SkewReport`:
+  training/serving skew (TFDV's comparator).
 
 Names load on first use; nothing here imports TensorFlow until a model is run.
 """
@@ -20,10 +21,12 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "FeatureDrift": "report",
     "Profile": "profile",
     "Schema": "validation",
+    "SkewReport": "skew",
     "benjamini_hochberg": "univariate",
     "detect_drift": "drift",
     "load_dataset": "datasets",
     "feature_skew": "skew",
     "prediction_skew": "skew",
     "render_html": "html",
+    "skew_report": "skew",
 })

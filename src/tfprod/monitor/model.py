@@ -1,8 +1,10 @@
 """The exported model's view of a dataset: its predictions and embeddings.
 
-A version exported with an ``embedding`` endpoint (``extra_endpoints={"embedding": ...}``, the
-penultimate layer) lets the multivariate test compare images and other wide inputs on what the
-model sees instead of per pixel. :func:`with_model_outputs` fills in what a dataset lacks.
+A version exported with an ``embedding`` endpoint (``embedding=True`` or
+``extra_endpoints={"embedding": ...}``: the penultimate layer) lets the multivariate test compare
+images and other wide inputs on what the model sees instead of per pixel; the export keeps the
+reference sample's embeddings, so only served data is embedded at report time.
+:func:`with_model_outputs` fills in what a dataset lacks.
 """
 
 from __future__ import annotations
@@ -78,11 +80,20 @@ def with_model_outputs(model: Any, *datasets: Dataset) -> None:
 
 
 def penultimate(model: Any) -> Any:
-    """A Keras model from ``model``'s inputs to what its last layer takes (the embedding).
+    """A Keras model from ``model``'s inputs to what its head takes (the embedding).
 
-    Export it beside the model, ``export_saved_model(model, base, extra_endpoints={"embedding":
-    penultimate(model)}, ...)``, and the multivariate drift test compares what the model sees.
+    Export it beside the model, ``export_saved_model(model, base, embedding=True, ...)`` (or
+    ``extra_endpoints={"embedding": penultimate(model)}``), and the export keeps the reference
+    sample's embeddings and the multivariate drift test compares what the model sees.
+
+    Raises:
+        TfprodError: the model has no such ``[batch, d]`` vector.
     """
-    import keras
+    from tfprod.errors import TfprodError
+    from tfprod.export.embedding import penultimate as find
 
-    return keras.Model(model.inputs, model.layers[-1].input, name="embedding")
+    embed = find(model)
+    if embed is None:
+        raise TfprodError(f"model {model.name!r} has no penultimate [batch, d] vector to use as "
+                          "its embedding (one output whose head is a layer with weights)")
+    return embed

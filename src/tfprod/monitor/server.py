@@ -12,8 +12,11 @@ Attached to the server as its :class:`~tfprod.serve.hooks.ServingHooks`:
   ``GET /v1/models/NAME/monitor``;
 - ``POST /v1/models/NAME:feedback`` stores labels that arrive later, by request id;
 - the request log's own health: ``:tfprod:request_log:dropped{url}`` (records dropped because
-  the store could not keep up), ``...:written`` and ``...:pending``; all gauges (their names
-  are exact; ``dropped`` and ``written`` only grow).
+  the store could not keep up), ``...:written``, ``...:pending``, ``...:errors`` (failed
+  writes) and ``...:failing`` (1 while the store refuses writes: down, disk full); all gauges
+  (their names are exact; ``dropped``, ``written`` and ``errors`` only grow);
+- a SQLite log belongs to one server process (:func:`~tfprod.monitor.store.claim_for_server`);
+  replicas share a PostgreSQL log.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import orjson
 
 from tfprod.errors import TfprodError
 from tfprod.monitor.records import LogRecord
-from tfprod.monitor.store import Store, open_store
+from tfprod.monitor.store import Store, claim_for_server, open_store, release
 from tfprod.monitor.writer import LogWriter
 
 Log = Callable[[str], None]
@@ -72,7 +75,10 @@ class ServerMonitor:
         self._writers: dict[str, LogWriter] = {}
         self._stores: dict[str, Store] = {}
         self.models: dict[str, _Model] = {}
+        self._claims: list[str | None] = []
         for name, (url, rate) in logging.items():
+            if url not in self._writers:
+                self._claims.append(claim_for_server(url))  # one server per SQLite log
             open_store(url).close()  # fail at start, in one line, when the store is unusable
             writer = self._writers.get(url)
             if writer is None:
@@ -166,6 +172,9 @@ class ServerMonitor:
                          f"at shutdown ({writer.dropped} dropped before)")
         for store in self._stores.values():
             store.close()
+        for key in self._claims:
+            release(key)
+        self._claims = []
 
     # ------------------------------------------------------------------------ drift
 
@@ -192,8 +201,8 @@ class ServerMonitor:
                 key = servable.path
                 if key not in self._references:
                     ref = load_dataset(servable.path)
-                    if "embedding" in servable.signatures:
-                        ref.embeddings = _embed(servable, ref.features)
+                    if ref.embeddings is None and "embedding" in servable.signatures:
+                        ref.embeddings = _embed(servable, ref.features)  # an older export
                     self._references = {key: ref}  # only the newest version's
                 return self._references[key], servable
         except TfprodError:
@@ -292,7 +301,11 @@ class _Gauges:
                  "not keep up (only grows).", "dropped"),
                 (":tfprod:request_log:written", "Log records committed (only grows).", "written"),
                 (":tfprod:request_log:pending", "Log records accepted, not yet committed.",
-                 "pending")):
+                 "pending"),
+                (":tfprod:request_log:errors", "Failed writes to the store, each retried (only "
+                 "grows).", "errors"),
+                (":tfprod:request_log:failing", "1 while the last write to the store failed "
+                 "(down, full disk), else 0.", "failing")):
             g = GaugeMetricFamily(name, doc, labels=["url"])
             for w in writers.values():
                 g.add_metric([w.url], float(getattr(w, attr)))

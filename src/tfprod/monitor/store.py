@@ -14,6 +14,8 @@ how to fix it; the URL's password is never printed.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -263,6 +265,62 @@ def open_store(url: str, *, create: bool = True) -> Store:
         raise TfprodError(f"request log {redact(url)}: unknown scheme; expected "
                           "sqlite:///path/log.db, a path, or postgresql://user@host:port/db")
     return SqliteStore(url, create=create)
+
+
+_CLAIMS: dict[str, list[int]] = {}  # real path -> [lock file descriptor, holders]
+_CLAIMS_LOCK = threading.Lock()
+
+
+def claim_for_server(url: str) -> str | None:
+    """Claim a SQLite log for this process's server; returns the key for :func:`release`
+    (None for PostgreSQL, which any number of replicas share).
+
+    SQLite serializes writers on one file and cannot be shared across machines, so one server
+    process owns a SQLite log: an exclusive ``flock`` on ``<log>.lock`` (which holds the owner's
+    PID), taken here and held until :func:`release` or the process ends (a SIGKILL frees it).
+
+    Raises:
+        TfprodError: another process already serves with this log.
+    """
+    if url.startswith(("postgresql://", "postgres://")):
+        return None
+    path = url[len("sqlite:///") - 1:] if url.startswith("sqlite:////") else (
+        url[len("sqlite:///"):] if url.startswith("sqlite:///") else url)
+    key = os.path.realpath(path)
+    with _CLAIMS_LOCK:
+        held = _CLAIMS.get(key)
+        if held is not None:  # servers in one process (tests) share the claim
+            held[1] += 1
+            return key
+        fd = os.open(key + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise TfprodError(
+                f"request log {path} is already written by another tfprod serve process (pid "
+                f"{owner}); a SQLite log takes one server. For several replicas give each the "
+                "same PostgreSQL URL: --request_log=postgresql://user@host:port/db") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        _CLAIMS[key] = [fd, 1]
+        return key
+
+
+def release(key: str | None) -> None:
+    """Give back a claim of :func:`claim_for_server`."""
+    if key is None:
+        return
+    with _CLAIMS_LOCK:
+        held = _CLAIMS.get(key)
+        if held is None:
+            return
+        held[1] -= 1
+        if held[1] == 0:
+            del _CLAIMS[key]
+            with contextlib.suppress(OSError):
+                os.close(held[0])  # closing the descriptor drops the flock
 
 
 def records_to_dataset(records: Sequence[LogRecord]) -> Any:

@@ -7,6 +7,14 @@ Categorical columns: the chi-squared test of homogeneity and the Jensen-Shannon 
 two frequency vectors. Every function takes two 1-D samples; :func:`benjamini_hochberg` adjusts
 a family of p-values.
 
+Large samples (more than ``EXACT_MAX_ROWS`` a side): sorting is n log n and a column of 10M
+rows no longer fits a cache, so :func:`binned_cdfs` histograms both sides on ``FINE_BINS``
+equal-width bins instead (linear time) and reads KS and Wasserstein off the two cumulative
+histograms, with a bound on each error: the KS statistic is off by at most the largest bin's
+mass, the Wasserstein distance by at most two bin widths. Where a bound is looser than stated
+(``BINNED_MAX_KS_ERROR`` in units of KS's standard error, ``BINNED_MAX_W_ERROR`` of the
+reference's standard deviation: atoms, extreme outliers), the exact path runs instead.
+
 Which test decides (:func:`choose_test`): with at most ``SMALL_SAMPLE`` rows on either side, the
 test's p-value (KS, chi-squared); with more, a distance with a threshold (normalized Wasserstein,
 Jensen-Shannon), because with large samples every negligible difference is significant. A
@@ -28,6 +36,14 @@ NUMERIC_TESTS = ("ks", "wasserstein", "psi")
 CATEGORICAL_TESTS = ("chi2", "jensen_shannon")
 PSI_BINS = 10
 _EPS = 1e-4
+#: Above this many rows on both sides numeric columns are compared on fine histograms.
+EXACT_MAX_ROWS = 1_000_000
+FINE_BINS = 1 << 18
+#: The binned KS statistic may be off by this many of its standard errors, 1/sqrt(n_eff).
+BINNED_MAX_KS_ERROR = 0.05
+#: The binned Wasserstein distance may be off by this share of the reference's std (1% of
+#: the 0.1 threshold).
+BINNED_MAX_W_ERROR = 1e-3
 
 
 @dataclass(frozen=True)
@@ -99,6 +115,74 @@ def ks_wasserstein(reference: np.ndarray, current: np.ndarray, *, assume_sorted:
     else:
         w = float((gap[:-1] * np.diff(s)).sum(dtype=np.float64))
     return d, ks_p_value(d, n, m), w
+
+
+@dataclass(frozen=True)
+class BinnedCdfs:
+    """Both samples' empirical CDFs at the right edges of equal-width bins (:func:`binned_cdfs`).
+
+    ``ks`` and ``wasserstein`` are within ``ks_error`` and ``wasserstein_error`` of the exact
+    values (KS from below).
+    """
+
+    edges: np.ndarray
+    reference: np.ndarray
+    current: np.ndarray
+    ks: float
+    wasserstein: float
+    ks_error: float
+    wasserstein_error: float
+
+    def quantile(self, side: str, q: float) -> float:
+        """The ``q`` quantile of one side, to one bin's width."""
+        cdf = self.reference if side == "reference" else self.current
+        return float(self.edges[1 + min(int(np.searchsorted(cdf, q)), cdf.size - 1)])
+
+    def shares(self, side: str, edges: np.ndarray) -> np.ndarray:
+        """The share of one side between consecutive ``edges``, to one bin's mass at each."""
+        cdf = self.reference if side == "reference" else self.current
+        at = np.interp(edges, self.edges, np.concatenate([[0.0], cdf]))
+        return np.diff(at)
+
+
+def _fine_counts(x: np.ndarray, lo: float, scale: float, bins: int) -> np.ndarray:
+    """Counts of ``x`` on ``bins`` equal-width bins from ``lo`` (one pass and a bincount:
+    a quarter of ``np.histogram``'s time; float64 positions, so no value changes bin)."""
+    index = ((x - np.float64(lo)) * scale).astype(np.intp)
+    np.clip(index, 0, bins - 1, out=index)
+    return np.bincount(index, minlength=bins)
+
+
+def binned_cdfs(reference: np.ndarray, current: np.ndarray, *, bins: int = FINE_BINS
+                ) -> BinnedCdfs:
+    """KS and 1-Wasserstein of two finite, non-empty samples in linear time, with error bounds.
+
+    Both sides are counted on ``bins`` equal-width bins over their joint range; the CDFs at the
+    bin edges are exact, so the largest gap there is the KS statistic up to the largest bin
+    mass (between edges a CDF moves by at most its bin's mass), and the area between the two
+    step functions is the Wasserstein distance up to two bin widths.
+    """
+    n, m = reference.size, current.size
+    lo = float(min(reference.min(), current.min()))
+    hi = float(max(reference.max(), current.max()))
+    if hi <= lo:
+        hi = lo + 1.0
+    scale = bins / (hi - lo)
+    ca = _fine_counts(reference, lo, scale, bins)
+    cb = _fine_counts(current, lo, scale, bins)
+    fa = np.cumsum(ca) / n
+    fb = np.cumsum(cb) / m
+    gap = np.abs(fa - fb)
+    width = (hi - lo) / bins
+    return BinnedCdfs(np.linspace(lo, hi, bins + 1), fa, fb, float(gap.max()),
+                      float(gap[:-1].sum() * width),
+                      float(max(ca.max() / n, cb.max() / m)), 2.0 * width)
+
+
+def binned_is_tight(b: BinnedCdfs, n: int, m: int, std: float) -> bool:
+    """Whether ``b``'s error bounds are within the stated tolerances for these sizes."""
+    return (b.ks_error * np.sqrt(n * m / (n + m)) <= BINNED_MAX_KS_ERROR
+            and b.wasserstein_error <= BINNED_MAX_W_ERROR * max(std, 1e-12))
 
 
 #: Above this effective sample size the limiting Kolmogorov distribution replaces ``kstwo``

@@ -56,6 +56,7 @@ class LogWriter:
         self.written = 0
         self.dropped = 0
         self.errors = 0
+        self.failing = False  # the last write failed (the store is down or its disk is full)
         self.last_error: str | None = None
         self._closing = False
         self._store: Store | None = None
@@ -101,9 +102,11 @@ class LogWriter:
                         self.log(f"request log {self.url}: reconnected; writing "
                                  f"{self.pending} waiting records")
                 self._store.write(batch)
+                self.failing = False
                 return
             except Exception as e:  # the store is down or slow: keep the batch, retry
                 self.errors += 1
+                self.failing = True
                 message = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 if message != self.last_error:
                     self.log(f"request log {self.url}: write failed ({message}); retrying, "
@@ -171,4 +174,5 @@ class LogWriter:
 
     def stats(self) -> dict[str, Any]:
         return {"url": self.url, "written": self.written, "pending": self.pending,
-                "dropped": self.dropped, "errors": self.errors, "last_error": self.last_error}
+                "dropped": self.dropped, "errors": self.errors, "failing": self.failing,
+                "last_error": self.last_error}

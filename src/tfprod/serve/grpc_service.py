@@ -20,6 +20,7 @@ from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
+    inference_pb2,
     model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
@@ -51,6 +52,8 @@ _EXAMPLE_APIS = {
 
 SIGNATURE_DEF = "signature_def"
 DEFAULT_SIGNATURE = "serving_default"
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
 ENTRYPOINT = "GRPC"
 _NO_DEADLINE = 1e8  # seconds; grpc reports a huge time_remaining when the client set none
 
@@ -119,10 +122,9 @@ class _Handler:
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """``tensorflow.serving.PredictionService``: Predict, Classify, Regress, GetModelMetadata.
-
-    MultiInference answers UNIMPLEMENTED.
-    """
+    """``tensorflow.serving.PredictionService``: Predict, Classify, Regress, MultiInference
+    (several classify / regress signatures of one model on the same examples) and
+    GetModelMetadata."""
 
     def __init__(self, registry: ModelRegistry):
         self.registry = registry
@@ -143,7 +145,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         return self._handler.run(None, request, context, self._metadata)
 
     def MultiInference(self, request: Any, context: Any) -> Any:  # noqa: N802
-        return self._handler.run(None, request, context, _multi_inference)
+        return self._handler.run(None, request, context, self._multi_inference)
 
     # ------------------------------------------------------------------------ implementations
 
@@ -201,6 +203,49 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         build(outputs, len(examples), response.result)
         return response
 
+    def _multi_inference(self, request: Any, context: Any) -> Any:
+        """Each task's classify or regress signature on the request's one input, with TF
+        Serving's checks (tensorflow_serving/servables/tensorflow/multi_inference.cc): one
+        model for all tasks, each signature once, only classify and regress methods."""
+        if not request.tasks:
+            raise invalid_argument("MultiInferenceRequest has no tasks; add one InferenceTask "
+                                   "(model_spec, method_name) per classify or regress signature")
+        model, seen, methods = "", set(), []
+        for task in request.tasks:
+            if not task.model_spec.name:
+                raise invalid_argument("Found ModelSpec with an empty model name.")
+            if model and task.model_spec.name != model:
+                raise invalid_argument("All ModelSpecs in a MultiInferenceRequest must access "
+                                       "the same model name.")
+            model = task.model_spec.name
+            signature = task.model_spec.signature_name or DEFAULT_SIGNATURE
+            if signature in seen:
+                raise invalid_argument(f"Duplicate evaluation of signature: {signature}")
+            seen.add(signature)
+            method = {CLASSIFY_METHOD: "classify", REGRESS_METHOD: "regress"}.get(
+                task.method_name)
+            if method is None:
+                raise unimplemented(f"Unsupported signature method_name: {task.method_name}")
+            methods.append((signature, method))
+        name, version, label = _route(request.tasks[0].model_spec)
+        deadline = _deadline(context)
+        examples = examples_from_input(request.input)
+        response = inference_pb2.MultiInferenceResponse()
+        with self.registry.acquire(name, version, label) as servable:
+            for signature, method in methods:
+                if signature not in servable.signatures:
+                    raise invalid_argument(
+                        f"Requested signature not found in model graph: {signature}")
+                sig = servable.signatures[signature]
+                outputs = servable.classify_or_regress(sig.name, examples, method,
+                                                       deadline=deadline)
+                result = response.results.add()
+                _fill_spec(result.model_spec, name, servable.version, sig.name)
+                target = (result.classification_result if method == "classify"
+                          else result.regression_result)
+                _EXAMPLE_APIS[method][1](outputs, len(examples), target)
+        return response
+
     def _metadata(self, request: Any, context: Any) -> Any:
         _require_spec(request)
         if not request.metadata_field:
@@ -231,11 +276,6 @@ def _signature(servable: Any, name: str, method: str) -> Any:
     if method == "predict":
         raise failed_precondition(f'Serving signature key "{key}" not found.')
     raise invalid_argument(f"No signature was found with the name: {key}")
-
-
-def _multi_inference(request: Any, context: Any) -> Any:
-    raise unimplemented("MultiInference is not supported; send one Classify or Regress request "
-                        "per signature")
 
 
 def _decode_inputs(inputs: Any, sig: Any) -> dict[str, Any]:

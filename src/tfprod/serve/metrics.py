@@ -40,6 +40,8 @@ PROCESSED_BATCH_SIZE = ":tensorflow:serving:batching_session:processed_batch_siz
 PADDING_SIZE = ":tensorflow:serving:batching_session:padding_size"
 LOAD_ATTEMPT_COUNT = ":tensorflow:cc:saved_model:load_attempt_count"
 MODEL_VERSION_STATE = ":tfprod:serving:model_version_state"
+CONFIG_RELOAD_ERRORS = ":tfprod:model_config:reload_errors"
+CONFIG_APPLIED = ":tfprod:model_config:applied"
 STATES = ("START", "LOADING", "AVAILABLE", "UNLOADING", "END")
 
 
@@ -170,6 +172,12 @@ class ServingMetrics(Collector):
         self.version_state = _Family(
             MODEL_VERSION_STATE, "1 for the state each model version is in (START, LOADING, "
             "AVAILABLE, UNLOADING, END).", "gauge", ("model_name", "version", "state"))
+        self.config_reload_errors = _Family(
+            CONFIG_RELOAD_ERRORS, "Times the polled --model_config_file could not be applied "
+            "(the previous config kept serving).", "counter")
+        self.config_applied = _Family(
+            CONFIG_APPLIED, "1 when the --model_config_file on disk is the config being served, "
+            "0 while its last change could not be applied.", "gauge")
         self._families = [v for v in vars(self).values() if isinstance(v, _Family)]
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
@@ -212,6 +220,12 @@ class ServingMetrics(Collector):
             self.version_state.remove((model, str(version), s))
         if state is not None:
             self.version_state.set((model, str(version), state), 1.0)
+
+    def record_config_reload(self, *, ok: bool) -> None:
+        """One attempt to apply a changed --model_config_file."""
+        if not ok:
+            self.config_reload_errors.inc(())
+        self.config_applied.set((), 1.0 if ok else 0.0)
 
     # ------------------------------------------------------------------------ exposition
 

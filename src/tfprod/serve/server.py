@@ -7,8 +7,17 @@ versions are loaded, as ``tensorflow_model_server`` does.
 Health for load balancers: the REST app answers readiness from ``ModelRegistry.ready()``: true
 once every configured model has an AVAILABLE version, false again while the server drains.
 
-Shutdown on SIGTERM / SIGINT: readiness turns false, both front ends stop accepting and finish
-their in-flight requests (up to ``shutdown_grace_s``), every version is unloaded, exit status 0.
+Shutdown on SIGTERM / SIGINT (a rolling update): readiness turns false first (503, so a
+balancer that probes ``/v1/ready`` moves away; ``drain_delay_seconds`` keeps serving that long
+before the listeners close), then both front ends stop accepting new connections, close idle
+keep-alive connections and finish their in-flight requests (up to ``drain_seconds``); every
+version is unloaded; exit status 0. A balancer that retries a refused or closed
+connection on another replica (nginx: ``proxy_next_upstream error``) loses no request.
+
+A ``--model_config_file`` that stops parsing while the server polls it leaves the running
+config in place: the error is logged once per change of the file and exported as
+``:tfprod:model_config:reload_errors`` (only grows) and ``:tfprod:model_config:applied``
+(0 while the file on disk is not the config being served).
 """
 
 from __future__ import annotations
@@ -54,7 +63,8 @@ class ServerOptions:
     grpc_max_threads: int = 0
     tensorflow_intra_op_parallelism: int = 0
     tensorflow_inter_op_parallelism: int = 0
-    shutdown_grace_s: float = 30.0
+    drain_seconds: float = 30.0
+    drain_delay_seconds: float = 0.0
     runtime: str = "tensorflow"
 
     def model_specs(self) -> list[cfg.ModelSpec]:
@@ -87,6 +97,9 @@ class ServerOptions:
         if self.runtime not in cfg.RUNTIMES:
             raise cfg.ConfigError(f"--runtime={self.runtime}; expected one of "
                                   f"{', '.join(cfg.RUNTIMES)}")
+        for flag in ("drain_seconds", "drain_delay_seconds"):
+            if getattr(self, flag) < 0:
+                raise cfg.ConfigError(f"--{flag}={getattr(self, flag)}; expected >= 0")
         if self.rest_api_timeout_in_ms < 0:
             raise cfg.ConfigError(f"--rest_api_timeout_in_ms={self.rest_api_timeout_in_ms}; "
                                   "expected >= 0 (0: no timeout)")
@@ -173,6 +186,7 @@ class ModelServer:
         if self.options.model_config_file:
             with open(self.options.model_config_file, encoding="utf-8") as f:
                 self._config_text = f.read()
+            self.metrics.config_applied.set((), 1.0)
         self._start_grpc()
         if self.options.rest_api_port:
             self._start_rest()
@@ -238,7 +252,7 @@ class ModelServer:
                                 http="httptools", lifespan="off", access_log=False,
                                 log_level="error", backlog=4096, proxy_headers=False,
                                 server_header=False,
-                                timeout_graceful_shutdown=int(o.shutdown_grace_s))
+                                timeout_graceful_shutdown=max(int(o.drain_seconds), 1))
         self._uvicorn = uvicorn.Server(config)
         self._rest_thread = threading.Thread(target=self._uvicorn.run, name="rest", daemon=True)
         self._rest_thread.start()
@@ -274,8 +288,11 @@ class ModelServer:
                     continue
                 self._config_text = text
                 self.reload_config(cfg.load_model_server_config(path))
+                self.metrics.record_config_reload(ok=True)
             except Exception as e:  # keep serving the last good config
-                self.log(f"[red]model config {escape(path)} not applied[/]: {escape(str(e))}")
+                self.metrics.record_config_reload(ok=False)
+                self.log(f"[red]model config {escape(path)} not applied[/]: {escape(str(e))}; "
+                         "still serving the previous config")
 
     def _on_event(self, event: Any) -> None:
         where = f"model {event.model} version {event.version}"
@@ -297,7 +314,7 @@ class ModelServer:
     def stop(self) -> None:
         """Stop accepting, finish in-flight requests, unload every version."""
         self._stop.set()
-        grace = self.options.shutdown_grace_s
+        grace = self.options.drain_seconds
         if self.registry is not None:
             self.registry.draining = True
         grpc_done = self._grpc.stop(grace) if self._grpc is not None else None
@@ -343,7 +360,17 @@ def run(options: ServerOptions, *, log: Log | None = None, hooks: Any = None) ->
                 server.log("[red]the REST server stopped unexpectedly[/]")
                 server.stop()
                 return 1
-        server.log(f"{signal.Signals(received[0]).name}: draining in-flight requests")
+        if options.drain_delay_seconds > 0:
+            # Readiness first: a balancer that probes /v1/ready moves away while this replica
+            # still answers what reaches it; a second signal cuts the wait short.
+            server.registry.draining = True
+            server.log(f"{signal.Signals(received[0]).name}: readiness 503, still serving for "
+                       f"{options.drain_delay_seconds:g} s")
+            deadline = time.monotonic() + options.drain_delay_seconds
+            while len(received) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        server.log(f"{signal.Signals(received[0]).name}: draining in-flight requests (up to "
+                   f"{options.drain_seconds:g} s)")
         server.stop()
         return 0
     finally:

@@ -45,6 +45,13 @@ class TrainingCheckpoint:
 
     def _checkpoint(self) -> tf.train.Checkpoint:
         parts = {"model": self.model, "optimizer": self.optimizer, "step": self.step}
+        # The states of the model's random generators (Dropout, noise and augmentation layers):
+        # tf.train.Checkpoint(model=...) does not reach a Keras 3 SeedGenerator, so a resumed
+        # run would otherwise draw other dropout masks than the run it continues.
+        seeds = [v.value for v in self.model.variables
+                 if v.path.rsplit("/", 1)[-1] == "seed_generator_state"]
+        if seeds:
+            parts["seed_generators"] = seeds
         if self._iterator is not None:
             parts["iterator"] = self._iterator
         return tf.train.Checkpoint(**parts)

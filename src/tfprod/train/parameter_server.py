@@ -65,6 +65,7 @@ def fit_parameter_server(
                               "repeated on every worker)")
         steps_per_epoch = n
     coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
+    trainer.worker_steps = {}
     model = trainer.model
     sample = next(iter(dataset.take(1)))
     with strategy.scope():
@@ -75,6 +76,13 @@ def fit_parameter_server(
         if metrics is not None and not metrics.built:
             metrics.build(sample[1], y_pred)
     trainer._check_labels(sample[1], model(sample[0], training=False))
+    # Keras 3 counts optimizer steps with a read-then-write (KerasVariable.assign_add is
+    # assign(self + 1)), so workers updating at once lose increments: 59 of 72 steps were
+    # counted here with two workers. A TF counter on the PS (AssignAddVariableOp, atomic) counts
+    # every update; the optimizer's counter is set from it at each epoch end, when no step runs.
+    with strategy.scope():
+        applied = tf.Variable(0, dtype=tf.int64, trainable=False, name="applied_updates")
+    first_step = int(trainer.optimizer.iterations.numpy())
 
     per_worker = coordinator.create_per_worker_dataset(lambda: dataset_fn().repeat())
     iterator = iter(per_worker)
@@ -90,11 +98,14 @@ def fit_parameter_server(
         trainer.optimizer.apply_gradients(
             [(g, v) for g, v in zip(grads, model.trainable_variables, strict=True)
              if g is not None])
+        applied.assign_add(1)
         return loss
 
     @tf.function
     def worker_step(it):
-        return strategy.run(replica_step, args=(next(it),))
+        loss = strategy.run(replica_step, args=(next(it),))
+        # Which worker ran the step: a constant traced into each worker's copy of the function.
+        return loss, tf.distribute.coordinator.experimental_get_current_worker_index()
 
     cbs = keras.callbacks.CallbackList(list(callbacks), add_history=True, model=model,
                                        epochs=epochs, steps=steps_per_epoch, verbose=0)
@@ -107,7 +118,11 @@ def fit_parameter_server(
         results = [coordinator.schedule(worker_step, args=(iterator,))
                    for _ in range(steps_per_epoch)]
         coordinator.join()
-        losses = [float(r.fetch()) for r in results]
+        trainer.optimizer.iterations.assign(first_step + applied.read_value())
+        fetched = [r.fetch() for r in results]
+        losses = [float(loss) for loss, _ in fetched]
+        for _, worker in fetched:
+            trainer.worker_steps[int(worker)] = trainer.worker_steps.get(int(worker), 0) + 1
         logs = {"loss": sum(losses) / len(losses), **trainer._metric_results()}
         if validation_data is not None:
             logs.update(evaluate_on_coordinator(trainer, validation_data, prefix="val_"))

@@ -65,6 +65,10 @@ class TrainResult:
     epochs: list[int] = dataclasses.field(default_factory=list)
     best_epoch: int | None = None
     stopped_early: bool = False
+    #: updates the optimizer applied (one per step; one per --accumulate micro-batches).
+    optimizer_steps: int = 0
+    #: parameter-server training: steps run by each worker, by worker index.
+    worker_steps: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -256,7 +260,9 @@ def run_training(config: TrainConfig, *, console=None) -> TrainResult:
         seconds=round(time.perf_counter() - start, 2),
         label_task=inputs.task.to_json(), split=inputs.split,
         epochs=[e + 1 for e in epochs], best_epoch=best_epoch,
-        stopped_early=bool(best is not None and best.stopped_epoch > 0))
+        stopped_early=bool(best is not None and best.stopped_epoch > 0),
+        optimizer_steps=int(trainer.optimizer.iterations.numpy()),
+        worker_steps={str(k): v for k, v in sorted(trainer.worker_steps.items())})
 
 
 def _split_line(split: dict[str, Any]) -> str:

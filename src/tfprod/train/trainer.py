@@ -117,6 +117,8 @@ class Trainer:
                            if checkpoint_dir is not None else None)
         self.checkpoint_every = checkpoint_every
         self.steps_per_second: float | None = None
+        #: parameter-server training: steps each worker ran (worker index -> steps).
+        self.worker_steps: dict[int, int] = {}
 
     # ------------------------------------------------------------------------------ the step
 
