@@ -87,3 +87,59 @@ def test_online_surface_and_lazy_import():
             "PageHinkley, ReservoirBuffer, online_status; print('tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+STAGES = ("data", "train", "doctor", "export", "optimize", "serve", "monitor", "rl", "migrate",
+          "online")
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_stage_imports_without_tensorflow(stage):
+    """Every face follows the lazy rule (tfprod/lazy.py): its names load on first use."""
+    import subprocess
+    import sys
+
+    code = (f"import sys, tfprod.{stage} as m; "
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules, len(m.__all__))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    tensorflow, keras, published = out.stdout.split()
+    assert (tensorflow, keras) == ("False", "False")
+    assert int(published) > 0
+
+
+def test_models_is_the_one_face_that_imports_keras():
+    """Importing tfprod.models registers its Keras classes, so .keras files using them load."""
+    import keras
+
+    import tfprod.models  # noqa: F401
+
+    assert keras.saving.get_registered_object("tfprod>Target") is not None
+
+
+def test_a_lazy_name_shared_with_its_module_stays_the_published_object(tmp_path, monkeypatch):
+    """``tfprod.doctor.diagnose`` is a function in ``doctor/diagnose.py``: importing the module
+    (directly, or through another module) must not replace the function on the package."""
+    import importlib
+    import types
+
+    pkg = tmp_path / "lazyface"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        "from tfprod.lazy import lazy_exports\n"
+        "__all__, __getattr__, __dir__ = lazy_exports(__name__, "
+        "{'check': 'check', 'Other': 'other', 'not_found': 'tfprod.serve.errors'})\n")
+    (pkg / "check.py").write_text("def check():\n    return 'checked'\n")
+    (pkg / "other.py").write_text("class Other:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.import_module("lazyface.check")  # the module first, as a sibling module would
+    face = importlib.import_module("lazyface")
+    assert not isinstance(face.check, types.ModuleType) and face.check() == "checked"
+    from lazyface import Other, check
+
+    assert check() == "checked" and Other.__module__ == "lazyface.other"
+    assert sorted(dir(face)) == ["Other", "check", "not_found"]
+    from tfprod.serve.errors import not_found
+
+    assert face.not_found is not_found  # a name re-published from another stage
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        face.nope  # noqa: B018

@@ -254,6 +254,55 @@ def test_logging_config_in_models_config():
         parse_model_server_config(text % ("", "/x.db", "1.5"))
 
 
+def test_feedback_and_monitor_routes_fuzzed_from_the_openapi_document(served):
+    """schemathesis on the two routes that need a request log (the other routes are fuzzed in
+    test_serve_openapi.py): no 5xx, answers as documented, the server keeps serving."""
+    import pathlib
+
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from schemathesis import GenerationMode
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        response_schema_conformance,
+        status_code_conformance,
+    )
+
+    client, _, server = served
+    base_url = f"http://127.0.0.1:{server.rest_port}"
+    doc = json.loads((pathlib.Path(__file__).parents[1] / "docs" / "openapi.json").read_text())
+    schema = schemathesis.openapi.from_dict(doc).include(
+        operation_id=["feedback", "monitor"])
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance,
+              response_schema_conformance]
+    _predict(client, _data(np.random.default_rng(5), 1)[0], rid="fuzz-1")
+    known = client.post("/v1/models/tiny:feedback",
+                        json={"feedback": [{"request_id": "fuzz-1", "label": 1}]})
+    assert known.status_code == 200, known.text
+    named = schema.as_strategy(GenerationMode.POSITIVE, path_parameters={"model_name": "tiny"})
+    cases = st.one_of(named, schema.as_strategy(GenerationMode.NEGATIVE,
+                                                path_parameters={"model_name": "tiny"}),
+                      schema.as_strategy(GenerationMode.POSITIVE))
+    statuses: dict[int, int] = {}
+    start = time.monotonic()
+
+    @settings(max_examples=150, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(case=cases)
+    def fuzz(case):
+        if time.monotonic() - start > 30:
+            return
+        r = case.call_and_validate(base_url=base_url, checks=checks, timeout=30)
+        statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+
+    fuzz()
+    assert sum(statuses.values()) >= 50 and {200, 400, 404} <= set(statuses), statuses
+    assert server.proc.poll() is None
+    assert client.get("/v1/ready").status_code == 200
+
+
 def test_monitor_skew_runs_the_same_examples_through_both_paths(tiny_base, tmp_path):
     """Logged requests vs the training pipeline (the .keras model) on the same inputs: a log
     whose outputs came from a server scaling its inputs differently is skew, an honest one is

@@ -189,7 +189,8 @@ def test_validation_file_with_other_columns_is_one_line(own_tables, tmp_path):
 @pytest.mark.parametrize(("table", "fmt"), [("wine_names", "csv"), ("diabetes", "tfrecord")])
 def test_doctor_and_optimize_take_the_trained_model_as_it_is(trained, table, fmt, tmp_path):
     """No label flag, no head or loss to describe: the model carries its task."""
-    from tfprod.doctor import diagnose, load_data
+    from tfprod.doctor import diagnose
+    from tfprod.models import load_data
     from tfprod.optimize.compare import optimize
 
     result, _, path = trained(table, fmt)

@@ -71,7 +71,8 @@ def doctor(
     Example: [bold]tfprod doctor --model model.keras --data digits/train --validation digits/test[/]
     """
     tf()
-    from tfprod.doctor import diagnose, load_data, load_model
+    from tfprod.doctor import diagnose
+    from tfprod.models import load_data, load_model
 
     with progress() as p:
         task = p.add_task(f"loading {model}", total=None)

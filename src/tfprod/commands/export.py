@@ -31,7 +31,7 @@ def _data_path(path: Path) -> Path:
 
 
 def _reference_data(path: Path, model: Any, label: str | None) -> Any:
-    from tfprod.doctor.sources import load_data
+    from tfprod.models.model_data import load_data
     from tfprod.models.target import find_task
 
     path = _data_path(path)

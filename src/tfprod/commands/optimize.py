@@ -69,7 +69,7 @@ def optimize(
 
     train_path, test_path = _splits(data, test)
     tf()
-    from tfprod.doctor import load_data, load_model
+    from tfprod.models import load_data, load_model
     from tfprod.optimize.compare import optimize as run_optimize
     from tfprod.optimize.variants import DEFAULT_VARIANTS
 

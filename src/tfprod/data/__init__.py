@@ -13,67 +13,47 @@
 - Interactions for recommenders: :func:`synthetic_interactions` (known low-rank preferences,
   popularity skew), :func:`read_movielens`, :class:`Interactions` (per-user holdout).
 - A generated sequence task (content x length, long-tail lengths): :func:`sequence_task`.
+
+Names load on first use: importing this package does not import TensorFlow.
 """
 
-from tfprod.data.generators import from_generator
-from tfprod.data.images import ImageFolder, image_folder, list_image_folder
-from tfprod.data.inspect import Finding, InspectReport, inspect_dataset, inspect_path
-from tfprod.data.interactions import Interactions, read_movielens, synthetic_interactions
-from tfprod.data.options import cache_dataset, naive_options
-from tfprod.data.sample import load_digits, write_sample
-from tfprod.data.schema import FeatureSpec, Schema
-from tfprod.data.sequence_task import sequence_task
-from tfprod.data.sequences import (
-    RaggedToDense,
-    bucket_boundaries,
-    bucketed_batches,
-    compare_strategies,
-    padded_batches,
-    padding_waste,
-    ragged_batches,
-    ragged_to_padded,
-)
-from tfprod.data.skipped import SkippedRecordsWarning
-from tfprod.data.split import SplitInfo
-from tfprod.data.tabular import TabularPreprocessing, preprocessing, read_csv
-from tfprod.data.task import LabelTask, infer_task
-from tfprod.data.tfrecord import ImageFiles, read_tfrecords, write_tfrecords
+from tfprod.lazy import lazy_exports
 
-__all__ = [
-    "FeatureSpec",
-    "Finding",
-    "ImageFiles",
-    "ImageFolder",
-    "InspectReport",
-    "Interactions",
-    "LabelTask",
-    "Schema",
-    "RaggedToDense",
-    "SkippedRecordsWarning",
-    "SplitInfo",
-    "TabularPreprocessing",
-    "bucket_boundaries",
-    "bucketed_batches",
-    "cache_dataset",
-    "compare_strategies",
-    "from_generator",
-    "image_folder",
-    "infer_task",
-    "inspect_dataset",
-    "inspect_path",
-    "list_image_folder",
-    "load_digits",
-    "naive_options",
-    "padded_batches",
-    "padding_waste",
-    "preprocessing",
-    "ragged_batches",
-    "ragged_to_padded",
-    "read_csv",
-    "read_movielens",
-    "read_tfrecords",
-    "sequence_task",
-    "synthetic_interactions",
-    "write_sample",
-    "write_tfrecords",
-]
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "FeatureSpec": "schema",
+    "Finding": "inspect",
+    "ImageFiles": "tfrecord",
+    "ImageFolder": "images",
+    "InspectReport": "inspect",
+    "Interactions": "interactions",
+    "LabelTask": "task",
+    "RaggedToDense": "sequences",
+    "Schema": "schema",
+    "SkippedRecordsWarning": "skipped",
+    "SplitInfo": "split",
+    "TabularPreprocessing": "tabular",
+    "bucket_boundaries": "sequences",
+    "bucketed_batches": "sequences",
+    "cache_dataset": "options",
+    "compare_strategies": "sequences",
+    "from_generator": "generators",
+    "image_folder": "images",
+    "infer_task": "task",
+    "inspect_dataset": "inspect",
+    "inspect_path": "inspect",
+    "list_image_folder": "images",
+    "load_digits": "sample",
+    "naive_options": "options",
+    "padded_batches": "sequences",
+    "padding_waste": "sequences",
+    "preprocessing": "tabular",
+    "ragged_batches": "sequences",
+    "ragged_to_padded": "sequences",
+    "read_csv": "tabular",
+    "read_movielens": "interactions",
+    "read_tfrecords": "tfrecord",
+    "sequence_task": "sequence_task",
+    "synthetic_interactions": "interactions",
+    "write_sample": "sample",
+    "write_tfrecords": "tfrecord",
+})

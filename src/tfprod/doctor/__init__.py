@@ -2,21 +2,22 @@
 
 - :func:`diagnose`: runs the checks on a compiled model and a ``tf.data.Dataset``.
 - :class:`DoctorReport`, :class:`Finding`: what it returns (JSON and Markdown renderings).
-- :func:`load_model`, :func:`load_data`: what ``tfprod doctor --model ... --data ...`` loads.
+- :func:`load_model`, :func:`load_data`: what ``tfprod doctor --model ... --data ...`` loads
+  (they live in :mod:`tfprod.models`; published here too, as before).
+
+Names load on first use: importing this package does not import TensorFlow.
 """
 
-from tfprod.doctor.diagnose import MODES, diagnose
-from tfprod.doctor.finding import CHECKS, SEVERITIES, DoctorReport, Finding, rank
-from tfprod.doctor.sources import load_data, load_model
+from tfprod.lazy import lazy_exports
 
-__all__ = [
-    "CHECKS",
-    "MODES",
-    "SEVERITIES",
-    "DoctorReport",
-    "Finding",
-    "diagnose",
-    "load_data",
-    "load_model",
-    "rank",
-]
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "CHECKS": "finding",
+    "DoctorReport": "finding",
+    "Finding": "finding",
+    "MODES": "diagnose",
+    "SEVERITIES": "finding",
+    "diagnose": "diagnose",
+    "load_data": "tfprod.models",
+    "load_model": "tfprod.models",
+    "rank": "finding",
+})

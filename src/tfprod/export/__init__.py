@@ -15,47 +15,39 @@
   ``NAME.row_lengths``, padded and masked inside the signature).
 - :func:`export_recommender`: a :class:`~tfprod.models.Recommender` with ``serving_default``
   (pair scores) and ``recommend`` (top-k, seen items left out).
+
+Names load on first use: importing this package does not import TensorFlow.
 """
 
-from tfprod.export.examples import Examples, collect_examples
-from tfprod.export.keras_files import load_keras, save_keras, save_weights
-from tfprod.export.litert import LiteRTConverter, LiteRTModel, to_litert
-from tfprod.export.predict import PredictResult, load_predictor, predict
-from tfprod.export.publish import check_base, list_versions, next_version
-from tfprod.export.ragged import RaggedInput
-from tfprod.export.recommender import export_recommender
-from tfprod.export.reference import REFERENCE_FILE, load_reference_stats, reference_stats
-from tfprod.export.savedmodel import ExportResult, build_archive, export_saved_model
-from tfprod.export.signature import ServingInputs, read_signatures, serving_inputs
-from tfprod.export.warmup import WARMUP_FILE, read_warmup_requests, write_warmup_requests
+from tfprod.lazy import lazy_exports
 
-__all__ = [
-    "REFERENCE_FILE",
-    "WARMUP_FILE",
-    "Examples",
-    "ExportResult",
-    "LiteRTConverter",
-    "LiteRTModel",
-    "PredictResult",
-    "RaggedInput",
-    "ServingInputs",
-    "build_archive",
-    "check_base",
-    "collect_examples",
-    "export_recommender",
-    "export_saved_model",
-    "list_versions",
-    "load_keras",
-    "load_predictor",
-    "load_reference_stats",
-    "next_version",
-    "predict",
-    "read_signatures",
-    "read_warmup_requests",
-    "reference_stats",
-    "save_keras",
-    "save_weights",
-    "serving_inputs",
-    "to_litert",
-    "write_warmup_requests",
-]
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "Examples": "examples",
+    "ExportResult": "savedmodel",
+    "LiteRTConverter": "litert",
+    "LiteRTModel": "litert",
+    "PredictResult": "predict",
+    "REFERENCE_FILE": "reference",
+    "RaggedInput": "ragged",
+    "ServingInputs": "signature",
+    "WARMUP_FILE": "warmup",
+    "build_archive": "savedmodel",
+    "check_base": "publish",
+    "collect_examples": "examples",
+    "export_recommender": "recommender",
+    "export_saved_model": "savedmodel",
+    "list_versions": "publish",
+    "load_keras": "keras_files",
+    "load_predictor": "predict",
+    "load_reference_stats": "reference",
+    "next_version": "publish",
+    "predict": "predict",
+    "read_signatures": "signature",
+    "read_warmup_requests": "warmup",
+    "reference_stats": "reference",
+    "save_keras": "keras_files",
+    "save_weights": "keras_files",
+    "serving_inputs": "signature",
+    "to_litert": "litert",
+    "write_warmup_requests": "warmup",
+})

@@ -14,6 +14,8 @@ and the heads, metrics and ``Target`` layer of models trained on the user's labe
 - :func:`task_head`, :func:`compile_for_task`, :class:`Target`, :class:`MacroF1`,
   :class:`ScaledMeanSquaredError`: models trained on the user's labels.
 - :func:`make_generator`, :func:`make_discriminator`: the digits GAN.
+- :func:`load_model` (a ``.keras`` file or ``module:function``), :func:`load_data` (data shaped
+  for that model): what ``tfprod doctor``, ``export`` and ``optimize`` load.
 
 Importing this package registers tfprod's Keras classes, so ``keras.saving.load_model``
 can read ``.keras`` files that use them.
@@ -23,8 +25,10 @@ from tfprod.models.embeddings import UserItemEmbedding
 from tfprod.models.gan import make_discriminator, make_generator
 from tfprod.models.heads import compile_for_task, task_head
 from tfprod.models.layers import RunningMeanNormalization
+from tfprod.models.loading import load_model
 from tfprod.models.losses import ScaledMeanSquaredError
 from tfprod.models.metrics import MacroF1, task_metrics
+from tfprod.models.model_data import load_data
 from tfprod.models.presets import mlp, small_cnn
 from tfprod.models.ranking import (
     RankingResult,
@@ -67,6 +71,8 @@ __all__ = [
     "find_target",
     "find_task",
     "functional_model",
+    "load_data",
+    "load_model",
     "make_discriminator",
     "make_generator",
     "mlp",

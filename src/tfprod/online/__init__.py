@@ -35,7 +35,7 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "Replay": "replay",
     "ReservoirBuffer": "buffer",
     "evaluate_gate": "gate",
-    "make_learner": "learner",
+    "make_learner": "strategies",
     "online_status": "status",
     "two_proportion_test": "rollout",
     "write_models_config": "rollout",

@@ -59,7 +59,7 @@ def mlp(seed: int, *, hidden: int = 64, learning_rate: float = 1e-3) -> Any:
 def run_split(method: str, seed: int = 0, *, epochs: int = 5, batch_size: int = 32,
               ewc_strength: float = 1000.0) -> SplitResult:
     """Learn the 5 tasks in order with ``method`` (see :data:`METHODS`)."""
-    from tfprod.online.learner import make_learner
+    from tfprod.online.strategies import make_learner
 
     x_tr, y_tr, x_te, y_te = split_digits(seed)
     model = mlp(seed)

@@ -173,18 +173,3 @@ class Learner:
 
 class FineTune(Learner):
     """The naive baseline: train on the new examples only."""
-
-
-def make_learner(strategy: str, model: keras.Model, **kwargs: Any) -> Learner:
-    """The learner named ``strategy`` (finetune, replay, ewc, lwf) around ``model``.
-
-    ``kwargs`` go to its constructor (e.g. ``buffer_size`` for replay, ``strength`` for EWC).
-    """
-    from tfprod.online.ewc import EWC
-    from tfprod.online.lwf import LwF
-    from tfprod.online.replay import Replay
-
-    kinds = {"finetune": FineTune, "replay": Replay, "ewc": EWC, "lwf": LwF}
-    if strategy not in kinds:
-        raise TfprodError(f"strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
-    return kinds[strategy](model, **kwargs)

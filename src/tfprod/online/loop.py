@@ -41,9 +41,10 @@ from tfprod.export import export_saved_model, list_versions
 from tfprod.export.publish import TEMP_PREFIX, _pid_alive
 from tfprod.export.signature import output_names
 from tfprod.online.gate import GATE_FILE, check_holdout, evaluate_gate
-from tfprod.online.learner import Learner, make_learner
+from tfprod.online.learner import Learner
 from tfprod.online.prequential import Prequential
 from tfprod.online.rollout import verdict, version_accuracy, write_models_config
+from tfprod.online.strategies import make_learner
 from tfprod.online.stream import Examples, LogStream
 
 MODEL_FILE = "assets.extra/tfprod/model.keras"

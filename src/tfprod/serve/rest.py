@@ -12,6 +12,7 @@ Routes, matched on the raw (still percent-encoded) path and case-insensitively, 
   :mod:`~tfprod.serve.hooks`; not part of TF Serving)
 - ``GET  /v1/ready``: 200 once every configured model has an AVAILABLE version, else 503 (for
   load balancers; not part of TF Serving)
+- ``GET  /v1/openapi.json``: this API as an OpenAPI 3 document (:mod:`~tfprod.serve.openapi`)
 - the monitoring path (``prometheus_config { path }``): Prometheus text.
 
 Errors are ``{"error": "..."}`` with the HTTP status TF Serving gives the canonical code
@@ -41,7 +42,7 @@ import orjson
 
 from tfprod.serve import examples as ex
 from tfprod.serve import hooks as hk
-from tfprod.serve import json_codec, metrics, ragged
+from tfprod.serve import json_codec, metrics, openapi, ragged
 from tfprod.serve.errors import ServingError, deadline_exceeded, invalid_argument, not_found
 
 Scope = MutableMapping[str, Any]
@@ -152,6 +153,8 @@ class RestApi:
                 return 200, await asyncio.get_running_loop().run_in_executor(None, call), _JSON
         elif method in ("GET", "HEAD") and path.lower() == READY_PATH:
             return self._ready()
+        elif method == "GET" and path.lower() == openapi.OPENAPI_PATH:
+            return 200, openapi.document_bytes(), _JSON
         if method == "GET":
             match = _MONITOR.fullmatch(path)
             if match:

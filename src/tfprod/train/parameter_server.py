@@ -2,24 +2,41 @@
 
 ``model.fit`` does not run here under Keras 3; this is the ``ClusterCoordinator`` loop from the
 TF guide, driven by the same :class:`~tfprod.train.Trainer` step and Keras callbacks.
+
+The Trainer imports this module, not the reverse: what the loop needs of a trainer is the
+:class:`CoordinatedTrainer` protocol below.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import keras
 import tensorflow as tf
 
 from tfprod.errors import TfprodError
 
-if TYPE_CHECKING:
-    from tfprod.train.trainer import Trainer
+
+class CoordinatedTrainer(Protocol):
+    """What the coordinator loop uses of a :class:`~tfprod.train.Trainer`."""
+
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    strategy: tf.distribute.Strategy
+    accumulation_steps: int
+    clip_norm: float | None
+
+    def _gradients(self, x: Any, y: Any, sample_weight: Any, global_batch: Any) -> tuple: ...
+    def _per_example(self, y: Any, y_pred: Any) -> tf.Tensor: ...
+    def _check_labels(self, y: Any, y_pred: Any) -> None: ...
+    def _update_metrics(self, y: Any, y_pred: Any, sample_weight: Any) -> None: ...
+    def _reset_metrics(self) -> None: ...
+    def _metric_results(self) -> dict[str, float]: ...
 
 
 def fit_parameter_server(
-    trainer: Trainer,
+    trainer: CoordinatedTrainer,
     dataset: tf.data.Dataset | Callable[[], tf.data.Dataset],
     *,
     epochs: int,
@@ -117,7 +134,7 @@ def fit_parameter_server(
     return model.history
 
 
-def evaluate_on_coordinator(trainer: Trainer, dataset: tf.data.Dataset, *,
+def evaluate_on_coordinator(trainer: CoordinatedTrainer, dataset: tf.data.Dataset, *,
                             prefix: str = "") -> dict[str, float]:
     """Mean loss over the examples of ``dataset`` and the compiled metrics, computed by the
     coordinator with the variables on the parameter servers.

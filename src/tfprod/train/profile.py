@@ -221,7 +221,7 @@ def load_for_profile(
     """
     from tfprod.data import image_folder
     from tfprod.models import mlp, small_cnn
-    from tfprod.train.run import load_model_function
+    from tfprod.models.loading import load_model_function
 
     if not os.path.isdir(data):
         raise TfprodError(f"--data {data}: not a folder; expected an image folder (one "

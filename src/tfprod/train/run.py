@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import json
 import os
-import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -90,25 +88,6 @@ def is_chief() -> bool:
                                           json.loads(os.environ["TF_CONFIG"])["cluster"])
 
 
-def load_model_function(spec: str):
-    """``package.module:function`` -> the function (a user's code, imported on purpose)."""
-    if ":" not in spec:
-        raise TfprodError(f"--model {spec!r}; expected a preset ({', '.join(PRESETS)}), "
-                          "module:function, or a .keras file")
-    module_name, func_name = spec.split(":", 1)
-    sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise TfprodError(f"--model {spec!r}: cannot import {module_name!r} ({e})") from None
-    finally:
-        sys.path.pop(0)
-    fn = getattr(module, func_name, None)
-    if not callable(fn):
-        raise TfprodError(f"--model {spec!r}: {module_name} has no function {func_name!r}")
-    return fn
-
-
 def _build_model(config: TrainConfig, inputs: TrainingInputs):
     """The model to train: a preset with the task's head on the data's input side, a .keras
     file, or the user's ``module:function``."""
@@ -142,6 +121,11 @@ def _build_model(config: TrainConfig, inputs: TrainingInputs):
         if not os.path.exists(config.model):
             raise TfprodError(f"--model {config.model}: no such file")
         return keras.saving.load_model(config.model)
+    if ":" not in config.model:
+        raise TfprodError(f"--model {config.model!r}; expected a preset ({', '.join(PRESETS)}), "
+                          "module:function, or a .keras file")
+    from tfprod.models.loading import load_model_function
+
     return load_model_function(config.model)()
 
 

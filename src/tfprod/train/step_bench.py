@@ -158,7 +158,7 @@ def benchmark_inputs(model: str, batch_size: int = 32) -> tuple[ModelFn, tuple[n
         def model_fn() -> keras.Model:
             return keras.saving.load_model(model)
     else:
-        from tfprod.train.run import load_model_function
+        from tfprod.models.loading import load_model_function
 
         model_fn = load_model_function(model)
     probe = model_fn()

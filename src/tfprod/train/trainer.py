@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from tfprod.errors import TfprodError
 from tfprod.train.checkpoints import TrainingCheckpoint
+from tfprod.train.parameter_server import evaluate_on_coordinator, fit_parameter_server
 from tfprod.train.strategies import is_parameter_server
 
 ModelOrBuilder = keras.Model | Callable[[], keras.Model]
@@ -315,8 +316,6 @@ class Trainer:
         if resume and self.checkpoint is None:
             raise TfprodError("resume=True needs Trainer(checkpoint_dir=...)")
         if is_parameter_server(self.strategy):
-            from tfprod.train.parameter_server import fit_parameter_server
-
             return fit_parameter_server(self, dataset, epochs=epochs,
                                         steps_per_epoch=steps_per_epoch, callbacks=callbacks,
                                         validation_data=validation_data)
@@ -392,8 +391,6 @@ class Trainer:
     def evaluate(self, dataset: tf.data.Dataset, *, prefix: str = "") -> dict[str, float]:
         """Mean loss over the examples of ``dataset``, and the compiled metrics."""
         if is_parameter_server(self.strategy):
-            from tfprod.train.parameter_server import evaluate_on_coordinator
-
             return evaluate_on_coordinator(self, dataset, prefix=prefix)
         data, _ = self._prepare_eval(dataset)
         if self._eval_step is None:

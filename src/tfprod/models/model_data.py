@@ -1,5 +1,6 @@
-"""What ``tfprod doctor`` loads: a model (``module:function`` or a ``.keras`` file) and data
-shaped for it (an image folder, a TFRecord folder or a CSV file)."""
+"""Data shaped for a model: ``(x, y)`` batches from an image folder, a TFRecord folder or a CSV
+file, read at the model's input size and with its labels encoded as its loss takes them
+(``tfprod doctor``, ``export``, ``optimize``)."""
 
 from __future__ import annotations
 
@@ -9,50 +10,9 @@ import keras
 import tensorflow as tf
 
 from tfprod.errors import TfprodError
-from tfprod.models.target import find_task  # importing tfprod.models registers its classes
+from tfprod.models.target import find_task
 
 _CHANNELS = {1: "grayscale", 3: "rgb", 4: "rgba"}
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__
-
-
-def load_model(spec: str) -> keras.Model:
-    """A model from a ``.keras`` file or a ``module:function`` that returns one.
-
-    Raises:
-        TfprodError: a missing or unreadable file, an import error, a function that fails or
-            does not return a ``keras.Model``.
-    """
-    from tfprod.train.run import load_model_function
-
-    if spec.endswith((".keras", ".h5")):
-        if not os.path.exists(spec):
-            raise TfprodError(f"--model {spec}: no such file")
-        try:
-            import tfprod.models  # noqa: F401 - registers tfprod's layers and models
-
-            model = keras.saving.load_model(spec)
-        except Exception as e:  # a corrupt or foreign file: say so in one line
-            raise TfprodError(f"--model {spec}: cannot load it as a Keras model "
-                              f"({type(e).__name__}: {_first_line(e)}); custom layers must be "
-                              "registered with keras.saving.register_keras_serializable") from None
-    elif ":" in spec:
-        fn = load_model_function(spec)
-        try:
-            model = fn()
-        except TfprodError:
-            raise
-        except Exception as e:  # the user's builder failed: one line, not their traceback
-            raise TfprodError(f"--model {spec}: calling it failed ({type(e).__name__}: "
-                              f"{_first_line(e)})") from None
-    else:
-        raise TfprodError(f"--model {spec!r}; expected module:function or a .keras file")
-    if not isinstance(model, keras.Model):
-        raise TfprodError(f"--model {spec}: got a {type(model).__name__}; expected a keras.Model")
-    return model
 
 
 def _single_input(model):
