@@ -423,10 +423,12 @@ def test_full_queue_is_429(slow):
             calls = batcher.batch_calls
             with concurrent.futures.ThreadPoolExecutor(4) as pool:
                 # One request runs and one waits in the queue (its one batch); only then come
-                # two more, which find the queue full. Events, not timing, order them.
-                first = [pool.submit(httpx.post, url, content=spin(steps), timeout=60)
-                         for _ in range(2)]
-                assert _wait_for(lambda: batcher.pending == 1 and batcher.batch_calls > calls)
+                # two more, which find the queue full. Events, not timing, order them: the second
+                # is sent once the first is running, or both could find the first still queued.
+                first = [pool.submit(httpx.post, url, content=spin(steps), timeout=60)]
+                assert _wait_for(lambda: batcher.batch_calls > calls)
+                first.append(pool.submit(httpx.post, url, content=spin(steps), timeout=60))
+                assert _wait_for(lambda: batcher.pending == 1)
                 late = [pool.submit(httpx.post, url, content=spin(steps), timeout=60)
                         for _ in range(2)]
                 replies = [f.result() for f in first + late]
