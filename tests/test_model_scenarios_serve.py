@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 
 import grpc
 import keras
@@ -187,13 +188,20 @@ def test_a_bad_request_in_a_busy_batch_fails_alone_and_the_server_lives(served):
 
     bodies = [{"instances": [{"tokens": [3, 4]}]} if i % 4 else
               {"instances": [{"tokens": []}]} for i in range(24)]
-    clients = [RestClient("127.0.0.1", served["client"].port, timeout=60) for _ in range(6)]
+    # One connection per worker thread: an http.client connection is not safe to share, and
+    # the pool runs any body on any of its threads.
+    local, clients = threading.local(), []
+
+    def send(body):
+        if not hasattr(local, "client"):
+            local.client = RestClient("127.0.0.1", served["client"].port, timeout=60)
+            clients.append(local.client)
+        return local.client._request("POST", "/v1/models/seq:predict",
+                                     json.dumps(body).encode())[0]
+
     try:
         with ThreadPoolExecutor(6) as pool:
-            statuses = list(pool.map(
-                lambda ib: clients[ib[0] % 6]._request(
-                    "POST", "/v1/models/seq:predict", json.dumps(ib[1]).encode())[0],
-                enumerate(bodies)))
+            statuses = list(pool.map(send, bodies))
     finally:
         for c in clients:
             c.close()
