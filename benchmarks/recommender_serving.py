@@ -43,6 +43,7 @@ from rich.table import Table
 
 from machine import add_machine_args, machine_info, wait_for_load
 from serving import Run, Server, Wrk, free_port
+from serving_tools import WRK_DONE_LUA
 from tfprod import runtime
 
 console = Console(width=120)
@@ -72,17 +73,7 @@ request = function()
   return wrk.format(nil, nil, nil, body)
 end
 
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'WRKJSON {{"duration_us": %.0f, "requests": %.0f, "connect": %.0f, "read": %.0f, ' ..
-    '"write": %.0f, "status": %.0f, "timeout": %.0f, "p50_us": %.0f, "p90_us": %.0f, ' ..
-    '"p99_us": %.0f, "max_us": %.0f, "mean_us": %.1f}}\\n',
-    summary.duration, summary.requests, e.connect, e.read, e.write, e.status, e.timeout,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max,
-    latency.mean))
-end
-"""
+""" + WRK_DONE_LUA
 
 
 def export(base: Path, users: int, items: int, dim: int, k: int) -> str:

@@ -30,13 +30,9 @@ from pathlib import Path
 
 STOP_GRACE_S = 15.0
 
-_LUA = """\
-local f = assert(io.open({body}, "rb"))
-wrk.method = "POST"
-wrk.body = f:read("*a")
-f:close()
-wrk.headers["Content-Type"] = "application/json"
-
+# wrk's summary as one JSON line, the end of every wrk script here (a str.format template:
+# braces doubled).
+WRK_DONE_LUA = """\
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -48,6 +44,15 @@ function done(summary, latency, requests)
     latency.mean))
 end
 """
+# wrk posts one body file.
+_LUA = """\
+local f = assert(io.open({body}, "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+
+""" + WRK_DONE_LUA
 
 
 @dataclass(frozen=True)
