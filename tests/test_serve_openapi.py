@@ -54,7 +54,8 @@ def test_every_route_of_the_server_is_in_the_document():
         assert {base, base + "/metadata", base + ":predict", base + ":classify",
                 base + ":regress"} <= set(paths)
     assert {"/v1/ready", "/v1/openapi.json", "/v1/models/{model_name}:feedback",
-            "/v1/models/{model_name}/monitor", MONITORING_PATH} <= set(paths)
+            "/v1/models/{model_name}/monitor", "/v1/models/{model_name}/rollout",
+            MONITORING_PATH} <= set(paths)
 
 
 def test_the_server_serves_the_document(server):
@@ -98,6 +99,7 @@ CONFORMANCE = [
     ("POST /v1/models/{model_name}:feedback", {"model_name": "echo"},
      {"feedback": [{"request_id": "r1", "label": 1}]}, 404),  # no request log on this server
     ("GET /v1/models/{model_name}/monitor", {"model_name": "echo"}, None, 404),
+    ("GET /v1/models/{model_name}/rollout", {"model_name": "echo"}, None, 200),
     ("GET /v1/ready", {}, None, 200),
     ("GET /v1/openapi.json", {}, None, 200),
     (f"GET {MONITORING_PATH}", {}, None, 200),

@@ -25,6 +25,40 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def _rollout(server: str, model: str) -> dict[str, Any]:
+    """The server's ``/v1/models/MODEL/rollout`` answer (``server``: HOST:PORT or a URL)."""
+    from tfprod.errors import TfprodError
+    from tfprod.serve.client import RestClient
+
+    address = server.split("://", 1)[-1].rstrip("/")
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise TfprodError(f"--server {server!r}; expected HOST:PORT of the REST API, e.g. "
+                          "127.0.0.1:8501")
+    try:
+        with RestClient(host, int(port), timeout=10) as client:
+            return client.rollout(model)
+    except OSError as e:
+        raise TfprodError(f"--server {server}: cannot reach tfprod serve ({e}); is it running "
+                          "with --rest_api_port there?") from None
+
+
+def _print_rollout(r: dict[str, Any]) -> None:
+    total = sum(a["requests"] for a in r["arms"]) or 1
+    title = {"ab": "A/B split", "canary": "canary split"}.get(r["split"], "no split")
+    console.print(table(
+        f"{r['model']}: {title} (since the server started)",
+        ["arm", "version", "weight %", "requests", "share %", "errors", "mean ms"],
+        [[a["arm"], _fmt(a["version"]), f"{a['weight_percent']:.1f}", a["requests"],
+          f"{100 * a['requests'] / total:.1f}", a["errors"],
+          "-" if a["latency_ms_mean"] is None else f"{a['latency_ms_mean']:.2f}"]
+         for a in r["arms"]]))
+    if r.get("shadow"):
+        sh = r["shadow"]
+        console.print(f"shadow: version {sh['version']}, {sh['answered']} copies answered, "
+                      f"{sh['dropped']} dropped")
+
+
 def register(app: typer.Typer) -> None:
     """Add ``tfprod online run|status|bench`` to the root app."""
     online = group(app, "online", "Continuous learning: feedback -> update -> gate -> canary "
@@ -115,12 +149,17 @@ def register(app: typer.Typer) -> None:
                                               "(default: the base path's folder name)."),
         since: str | None = typer.Option(None, "--since", help="Only requests this recent "
                                          "(90s, 30m, 1h, 7d)."),
+        server: str | None = typer.Option(None, "--server", help="HOST:PORT of tfprod serve's "
+                                          "REST API: the live split (canary or --ab_weights) "
+                                          "with each arm's share, requests, errors, latency."),
         json_path: Path | None = typer.Option(None, "--json", help="Write it as JSON."),
     ) -> None:
         """Versions, their gate decisions, the labels, the canary, and with --log each
-        version's accuracy on the labelled traffic it served.
+        version's accuracy on the labelled traffic it served; with --server the live traffic
+        split per arm.
 
-        Example: [bold]tfprod online status models/digits --log requests.db --since 1h[/]
+        Example: [bold]tfprod online status models/digits --log requests.db --since 1h
+        --server 127.0.0.1:8501[/]
         """
         import time
 
@@ -128,6 +167,8 @@ def register(app: typer.Typer) -> None:
 
         s = online_status(model_base_path, state, log_url=log, model=model_name,
                           since=None if since is None else time.time() - _seconds(since))
+        if server is not None:
+            s["rollout"] = _rollout(server, model_name or Path(s["base_path"]).name)
         console.print(table(f"{s['base_path']}: round {s['round']}, stable {_fmt(s['stable'])}"
                             f", canary {_fmt(s['canary'])}",
                             ["version", "label", "fate", "blessed", "holdout", "baseline",
@@ -136,6 +177,8 @@ def register(app: typer.Typer) -> None:
                               _fmt(v["blessed"]), _fmt(v["holdout"]), _fmt(v["baseline"]),
                               _fmt(v["accuracy"]), v["labelled"]]
                              for v in s["versions"]]))
+        if s.get("rollout") is not None:
+            _print_rollout(s["rollout"])
         if s["rejected_rounds"]:
             console.print(f"rejected candidates (kept in {s['state_dir']}/rejected): rounds "
                           f"{', '.join(map(str, s['rejected_rounds']))}")

@@ -143,6 +143,13 @@ def register(app: typer.Typer) -> None:
             "labels, this share (0-100) of unversioned requests goes to the canary; the rest "
             "to stable (0: TF Serving's rule, the latest version). Requests with an "
             "X-Request-Id stay on one side."),
+        ab_weights: str = typer.Option(
+            "", "--ab_weights", help="A/B test: share unversioned requests between version "
+            "labels of models.config by fixed weights, e.g. a=50,b=50 (every model with both "
+            "labels) or digits:a=90,b=10;other:x=1,y=1. Sticky per X-Request-Id; requests "
+            "naming a version or label are not split; per-arm metrics :tfprod:rollout:* and "
+            "GET /v1/models/NAME/rollout. A tfprod flag: TF Serving's ModelConfig has no weight "
+            "field. Not with a canary on the same model."),
     ) -> None:
         """Serve SavedModels over TF Serving's REST and gRPC APIs (tensorflow_model_server flags).
 
@@ -152,6 +159,9 @@ def register(app: typer.Typer) -> None:
 
         Example: [bold]tfprod serve --model_name=digits --model_base_path=/models/digits
         --rest_api_port=8501 --enable_batching[/]
+
+        Example (A/B test of the versions labelled a and b in models.config): [bold]tfprod
+        serve --model_config_file=models.config --ab_weights=a=50,b=50[/]
         """
         tf()
         from tfprod.serve.server import ServerOptions, run
@@ -169,7 +179,7 @@ def register(app: typer.Typer) -> None:
             tensorflow_intra_op_parallelism=tensorflow_intra_op_parallelism,
             tensorflow_inter_op_parallelism=tensorflow_inter_op_parallelism, runtime=runtime,
             drain_seconds=drain_seconds, drain_delay_seconds=drain_delay_seconds,
-            canary_percent=canary_percent)
+            canary_percent=canary_percent, ab_weights=ab_weights)
         raise typer.Exit(run(options, log=_log,
                              hooks=_monitor(options, request_log, monitoring_interval_seconds,
                                             request_log_buffer)))

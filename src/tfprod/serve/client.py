@@ -89,6 +89,19 @@ class RestClient:
                               f"{body.get('error', body)}")
         return np.asarray(body["predictions"])
 
+    def rollout(self, model: str) -> dict[str, Any]:
+        """``GET /v1/models/MODEL/rollout``: the model's canary or A/B split, each arm's share,
+        requests, errors and mean latency, and its shadow.
+
+        Raises:
+            TfprodError: the server answered with an error (its status and message).
+        """
+        path = f"/v1/models/{model}/rollout"
+        status, body = self._request("GET", path)
+        if status != 200:
+            raise TfprodError(f"{path} answered {status}: {body.get('error', body)}")
+        return body
+
     def close(self) -> None:
         """Closes the connection (the next request opens a new one)."""
         if self._conn is not None:

@@ -156,10 +156,15 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         batcher.expect()  # a batch waiting for more requests waits for this one
         expected = True
         metadata = dict(context.invocation_metadata() or ())
+        begun = time.perf_counter()
+        split = None  # the servable, when a canary or A/B split chose it
+        status = "OK"
         try:
-            # A client's own request id keeps it on one side of a canary rollout.
+            # A client's own request id keeps it on one side of a canary or A/B split.
             with self.registry.acquire(name, version, label,
                                        metadata.get("x-request-id")) as servable:
+                if servable.arm is not None and version is None and label is None:
+                    split = servable
                 sig = _signature(servable, request.model_spec.signature_name, "predict")
                 inputs = _decode_inputs(request.inputs, sig)
                 wanted = _output_filter(request.output_filter, sig)
@@ -168,19 +173,29 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 outputs = servable.submit(sig.name, inputs, deadline=deadline,
                                           expected=True).result()
                 served = servable.version
+                hooks = getattr(self.registry, "hooks", None)
+                if hooks is not None:  # the request log: queues and returns
+                    rid = request_id(metadata.get("x-request-id"))
+                    context.set_trailing_metadata((("x-request-id", rid),))
+                    hooks.on_predict(name, served, sig.name, inputs, outputs,
+                                     time.perf_counter() - start, rid)
+                    if version is None and label is None:  # REST's shadow path, shared
+                        self.registry.copy_to_shadow(servable, sig.name, inputs, rid, hooks)
+            response = predict_pb2.PredictResponse()
+            _fill_spec(response.model_spec, name, served, sig.name)
+            for key in wanted or outputs:
+                from_ndarray(outputs[key], response.outputs[key])
+        except ServingError as e:
+            status = e.code.name
+            raise
+        except Exception:
+            status = "INTERNAL"
+            raise
         finally:
             if expected:
                 batcher.unexpect()
-        hooks = getattr(self.registry, "hooks", None)
-        if hooks is not None:  # the request log: queues and returns
-            rid = request_id(metadata.get("x-request-id"))
-            context.set_trailing_metadata((("x-request-id", rid),))
-            hooks.on_predict(name, served, sig.name, inputs, outputs,
-                             time.perf_counter() - start, rid)
-        response = predict_pb2.PredictResponse()
-        _fill_spec(response.model_spec, name, served, sig.name)
-        for key in wanted or outputs:
-            from_ndarray(outputs[key], response.outputs[key])
+            if split is not None:  # per-arm count, errors and latency of the split
+                self.registry.record_arm(split, status, time.perf_counter() - begun)
         # A completed predict request: model, served version, signature, inputs, outputs (the
         # latency is measured around this call, in _Handler.run).
         return response
@@ -198,11 +213,27 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         deadline = _deadline(context)
         examples = examples_from_input(request.input)
         response = response_type()
-        with self.registry.acquire(name, version, label) as servable:
-            sig = _signature(servable, request.model_spec.signature_name, method)
-            outputs = servable.classify_or_regress(sig.name, examples, method, deadline=deadline)
-            _fill_spec(response.model_spec, name, servable.version, sig.name)
-        build(outputs, len(examples), response.result)
+        key = dict(context.invocation_metadata() or ()).get("x-request-id")
+        begun = time.perf_counter()
+        split, status = None, "OK"
+        try:
+            with self.registry.acquire(name, version, label, key) as servable:
+                if servable.arm is not None and version is None and label is None:
+                    split = servable
+                sig = _signature(servable, request.model_spec.signature_name, method)
+                outputs = servable.classify_or_regress(sig.name, examples, method,
+                                                       deadline=deadline)
+                _fill_spec(response.model_spec, name, servable.version, sig.name)
+            build(outputs, len(examples), response.result)
+        except ServingError as e:
+            status = e.code.name
+            raise
+        except Exception:
+            status = "INTERNAL"
+            raise
+        finally:
+            if split is not None:
+                self.registry.record_arm(split, status, time.perf_counter() - begun)
         return response
 
     def _multi_inference(self, request: Any, context: Any) -> Any:

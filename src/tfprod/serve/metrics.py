@@ -45,6 +45,10 @@ CONFIG_APPLIED = ":tfprod:model_config:applied"
 ROLLOUT_REQUESTS = ":tfprod:rollout:requests"
 ROLLOUT_VERSION = ":tfprod:rollout:version"
 ROLLOUT_CANARY_PERCENT = ":tfprod:rollout:canary_percent"
+ROLLOUT_LATENCY = ":tfprod:rollout:request_latency"
+ROLLOUT_ERRORS = ":tfprod:rollout:errors"
+ROLLOUT_WEIGHT = ":tfprod:rollout:weight_percent"
+ROLLOUT_SHADOW = ":tfprod:rollout:shadow_copies"
 STATES = ("START", "LOADING", "AVAILABLE", "UNLOADING", "END")
 
 
@@ -111,6 +115,11 @@ class _Family:
         with self._lock:
             cell = self._values.get(key)
             return list(cell) if cell is not None else None
+
+    def items(self) -> list[tuple[tuple[str, ...], list[float]]]:
+        """Copies of every (label values, cell) pair."""
+        with self._lock:
+            return [(k, list(v)) for k, v in self._values.items()]
 
     def metric(self) -> Metric:
         with self._lock:
@@ -182,12 +191,26 @@ class ServingMetrics(Collector):
             CONFIG_APPLIED, "1 when the --model_config_file on disk is the config being served, "
             "0 while its last change could not be applied.", "gauge")
         self.rollout_requests = _Family(
-            ROLLOUT_REQUESTS, "Requests without a version or label, by the version the "
-            "rollout sent them to (arm: stable or canary).", "counter",
+            ROLLOUT_REQUESTS, "Requests without a version or label, by the version a split "
+            "sent them to (arm: stable or canary, or the A/B label).", "counter",
             ("model_name", "version", "arm"))
+        self.rollout_latency = _Family(
+            ROLLOUT_LATENCY, "Distribution of wall time (in microseconds) of the requests a "
+            "split sent to each arm.", "histogram", ("model_name", "version", "arm"),
+            _LATENCY_BUCKETS)
+        self.rollout_errors = _Family(
+            ROLLOUT_ERRORS, "Requests a split sent to each arm that failed, by canonical code.",
+            "counter", ("model_name", "version", "arm", "status"))
+        self.rollout_weight = _Family(
+            ROLLOUT_WEIGHT, "Configured share (percent) of unversioned traffic of each A/B "
+            "label (--ab_weights).", "gauge", ("model_name", "label"))
+        self.rollout_shadow = _Family(
+            ROLLOUT_SHADOW, "Request copies sent to the shadow version, by outcome (answered: "
+            "logged; dropped: the shadow failed or its queue was full).", "counter",
+            ("model_name", "version", "outcome"))
         self.rollout_version = _Family(
-            ROLLOUT_VERSION, "The version each rollout label names (stable, canary).", "gauge",
-            ("model_name", "label"))
+            ROLLOUT_VERSION, "The version each rollout label names (stable, canary, the A/B "
+            "labels).", "gauge", ("model_name", "label"))
         self.rollout_canary_percent = _Family(
             ROLLOUT_CANARY_PERCENT, "Share of unversioned traffic sent to the canary, in "
             "percent.", "gauge", ("model_name",))
@@ -239,14 +262,53 @@ class ServingMetrics(Collector):
         if not ok:
             self.config_reload_errors.inc(())
         self.config_applied.set((), 1.0 if ok else 0.0)
-    def set_rollout(self, model: str, labels: dict[str, int], canary_percent: float) -> None:
-        """The versions the ``stable`` and ``canary`` labels name now."""
-        for label in ("stable", "canary"):
+
+    def set_rollout(self, model: str, labels: dict[str, int], canary_percent: float,
+                    weights: Sequence[tuple[str, float]] = ()) -> None:
+        """The versions the ``stable`` and ``canary`` labels (and the A/B labels of
+        ``weights``) name now, and each A/B label's configured share."""
+        total = sum(w for _, w in weights)
+        shares = {label: 100.0 * w / total for label, w in weights} if total else {}
+        for (name, label), _ in self.rollout_version.items():
+            if name == model and label not in ("stable", "canary") and label not in shares:
+                self.rollout_version.remove((model, label))
+                self.rollout_weight.remove((model, label))
+        for label in ("stable", "canary", *shares):
             if label in labels:
                 self.rollout_version.set((model, label), float(labels[label]))
             else:
                 self.rollout_version.remove((model, label))
+        for label, share in shares.items():
+            self.rollout_weight.set((model, label), share)
         self.rollout_canary_percent.set((model,), canary_percent if "canary" in labels else 0.0)
+
+    def record_arm(self, model: str, version: int, arm: str, status: str,
+                   latency_s: float) -> None:
+        """One unversioned request a split sent to ``arm`` (``version``) finished with
+        ``status`` ("OK" or a canonical code name): its count, error and latency."""
+        key = (model, str(version), arm)
+        self.rollout_requests.inc(key)
+        self.rollout_latency.observe(key, latency_s * 1e6)
+        if status != "OK":
+            self.rollout_errors.inc((*key, status))
+
+    def record_shadow(self, model: str, version: int, *, ok: bool) -> None:
+        """One request copy the shadow version answered (``ok``) or lost."""
+        self.rollout_shadow.inc((model, str(version), "answered" if ok else "dropped"))
+
+    def arm_stats(self, model: str, version: int | None, arm: str) -> dict[str, float]:
+        """An arm's requests, errors and mean latency (ms) so far (the rollout report)."""
+        key = (model, str(version), arm)
+        requests = (self.rollout_requests.get(key) or [0.0])[0]
+        latency = self.rollout_latency.get(key)
+        errors = sum(v[0] for k, v in self.rollout_errors.items() if k[:3] == key)
+        mean = latency[-2] / latency[-1] / 1000.0 if latency and latency[-1] else None
+        return {"requests": int(requests), "errors": int(errors), "latency_ms_mean": mean}
+
+    def shadow_stats(self, model: str, version: int) -> dict[str, int]:
+        """Copies the shadow ``version`` answered and dropped so far."""
+        return {outcome: int((self.rollout_shadow.get((model, str(version), outcome))
+                              or [0.0])[0]) for outcome in ("answered", "dropped")}
 
     # ------------------------------------------------------------------------ exposition
 

@@ -87,6 +87,10 @@ def _paths() -> dict[str, Any]:
         "monitor", "Drift of the recent window of logged requests", _NAME,
         {"200": _ok("MonitorResponse", "The latest drift computation"), **_ERRORS},
         tag="tfprod")}
+    paths["/v1/models/{model_name}/rollout"] = {"get": _operation(
+        "rollout", "The canary or A/B split: each arm's share, requests, errors, latency",
+        _NAME, {"200": _ok("RolloutResponse", "The split and its arms now"), **_ERRORS},
+        tag="tfprod")}
     paths["/v1/ready"] = {"get": _operation(
         "ready", "Readiness for a load balancer", [],
         {"200": _ok("Ready", "Every configured model has an AVAILABLE version"),
@@ -195,6 +199,20 @@ def _components() -> dict[str, Any]:
                                "error": {"type": ["string", "null"]},
                                "request_log": {"type": "object"},
                                "report": {"type": ["object", "null"]}}},
+            "RolloutResponse": {
+                "type": "object", "required": ["model", "split", "arms"],
+                "properties": {
+                    "model": string, "split": {"enum": ["ab", "canary", None]},
+                    "arms": {"type": "array", "items": {
+                        "type": "object",
+                        "required": ["arm", "version", "weight_percent", "requests", "errors"],
+                        "properties": {
+                            "arm": string, "version": {"type": ["integer", "null"]},
+                            "weight_percent": {"type": "number"},
+                            "available": {"type": "boolean"},
+                            "requests": {"type": "integer"}, "errors": {"type": "integer"},
+                            "latency_ms_mean": {"type": ["number", "null"]}}}},
+                    "shadow": {"type": ["object", "null"]}}},
         },
     }
 

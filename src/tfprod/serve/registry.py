@@ -19,12 +19,12 @@ UNLOADING, END).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import os
 import random
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -53,9 +53,19 @@ from tfprod.serve.servable import (
     TensorInfo,
     serving_error,
 )
+from tfprod.serve.split import (
+    CANARY,
+    SHADOW,
+    STABLE,
+    ABWeights,
+    WeightedSplit,
+    ab_weights_for,
+    canary_share,
+    check_ab_weights,
+)
 
 __all__ = ["CLASSIFY", "PREDICT", "REGRESS", "ModelRegistry", "Servable", "ServingEvent",
-           "SignatureInfo", "TensorInfo", "VersionStatus"]
+           "SignatureInfo", "TensorInfo", "VersionStatus", "canary_share"]
 
 START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
 _KEEP_ENDED = 8  # ended versions whose status is still reported, per model
@@ -115,7 +125,7 @@ class _Model:
         self.listing_error: str | None = None
 
 
-STABLE, CANARY, SHADOW = "stable", "canary", "shadow"
+SHADOW_QUEUE = 256  # shadow copies waiting for the shadow thread; beyond it they are dropped
 
 
 @dataclass(frozen=True)
@@ -125,12 +135,8 @@ class _Route:
     labels: dict[str, int]
     canary: tuple[Servable, Servable] | None = None  # (stable, canary) while both serve
     shadow: Servable | None = None  # gets a copy of unversioned requests; answers nobody
-
-
-def canary_share(key: str, percent: float) -> bool:
-    """Whether the request keyed ``key`` goes to the canary: the same key always lands on the
-    same side (crc32 of the key into 10,000 buckets)."""
-    return zlib.crc32(key.encode("utf-8", "surrogatepass")) % 10_000 < percent * 100
+    ab: WeightedSplit | None = None  # an A/B split by fixed weights (--ab_weights)
+    weights: tuple[tuple[str, float], ...] = ()  # the configured A/B weights
 
 
 def _check(kind: str, value: str) -> None:
@@ -213,6 +219,10 @@ class ModelRegistry:
             otherwise, instead of to the latest version (TF Serving's rule, kept at 0); a
             request with a routing key (the client's ``X-Request-Id``) always lands on the
             same side (see :func:`canary_share`).
+        ab_weights: A/B splits by fixed weights between version labels (see
+            :mod:`tfprod.serve.split` and :func:`~tfprod.serve.split.parse_ab_weights`):
+            unversioned requests of such a model go to one of its labels' versions by weight,
+            sticky per routing key. A model cannot have both a split and a canary.
     """
 
     def __init__(self, specs: Sequence[ModelSpec] = (), *,
@@ -220,12 +230,15 @@ class ModelRegistry:
                  poll_wait_seconds: float = 1.0, metrics: ServingMetrics | None = None,
                  on_event: Callable[[ServingEvent], None] | None = None,
                  unload_grace_s: float = 0.5, num_request_threads: int | None = None,
-                 runtime: str = "tensorflow", canary_percent: float = 0.0):
+                 runtime: str = "tensorflow", canary_percent: float = 0.0,
+                 ab_weights: ABWeights | None = None):
         if runtime not in RUNTIMES:
             raise invalid_argument(f"runtime {runtime!r}; expected one of {list(RUNTIMES)}")
         if not 0.0 <= canary_percent <= 100.0:
             raise invalid_argument(f"canary_percent {canary_percent}; expected 0 to 100")
         self.canary_percent = float(canary_percent)
+        self.ab_weights: ABWeights = dict(ab_weights or {})
+        check_ab_weights(self.ab_weights, specs, self.canary_percent)
         self._random = random.Random()
         self.metrics = metrics if metrics is not None else current()
         self.runtime = runtime
@@ -243,6 +256,12 @@ class ModelRegistry:
                 BatchingParameters(max_batch_size=1, num_batch_threads=threads,
                                    max_enqueued_batches=4096),
                 name="model_server_request_threads")
+        # Shadow copies run on their own thread and bounded queue: a slow or failing shadow
+        # drops its copies (RESOURCE_EXHAUSTED) instead of taking threads from real requests.
+        shadow_params = dataclasses.replace(
+            batching or BatchingParameters(max_batch_size=1), num_batch_threads=1,
+            max_enqueued_batches=SHADOW_QUEUE)
+        self._shadow_executor = DynamicBatcher(shadow_params, name="shadow_threads")
         self._models: dict[str, _Model] = {}
         self._routes: dict[str, _Route] = {}
         self._lock = threading.RLock()
@@ -283,6 +302,7 @@ class ModelRegistry:
                 self._unload(model, slot, wait=False, grace=0.0)
         self.wait_unloaded(timeout)
         self._executor.close(timeout)
+        self._shadow_executor.close(timeout)
 
     def wait_unloaded(self, timeout: float | None = None) -> bool:
         """Wait until every unload in progress has finished; False if ``timeout`` passed."""
@@ -348,14 +368,13 @@ class ModelRegistry:
             return servable
         if route is None or route.latest is None:
             raise not_found(f"Servable not found for request: Latest({name})")
+        if route.ab is not None:
+            return route.ab.choose(key, self._random)[1]
         if route.canary is not None:
             stable, canary = route.canary
             to_canary = (canary_share(key, self.canary_percent) if key is not None
                          else self._random.random() * 100 < self.canary_percent)
-            chosen = canary if to_canary else stable
-            self.metrics.rollout_requests.inc((name, str(chosen.version),
-                                               CANARY if to_canary else STABLE))
-            return chosen
+            return canary if to_canary else stable
         return route.latest
 
     def hold(self, name: str, version: int | None = None, label: str | None = None,
@@ -413,6 +432,15 @@ class ModelRegistry:
                 return [slot.status()]
             return [s.status() for _, s in sorted(model.slots.items(), reverse=True)]
 
+    def record_arm(self, servable: Servable, status: str, seconds: float) -> None:
+        """An unversioned request that a split (canary or A/B) sent to ``servable`` finished
+        with ``status`` ("OK" or a code name) after ``seconds``: its arm's count, errors and
+        latency (``:tfprod:rollout:*``). Front ends call it only when ``servable.arm`` is set:
+        a model without a split pays one attribute check."""
+        arm = servable.arm
+        if arm is not None:
+            self.metrics.record_arm(servable.name, servable.version, arm, status, seconds)
+
     def shadow(self, name: str, served: Servable) -> Servable | None:
         """The version labelled ``shadow`` (AVAILABLE, other than ``served``), held for one
         request (call its ``release()``), or None: it gets a copy of unversioned requests,
@@ -421,8 +449,70 @@ class ModelRegistry:
         shadow = route.shadow if route is not None else None
         if shadow is None or shadow is served or not shadow.hold():
             return None
-        self.metrics.rollout_requests.inc((name, str(shadow.version), SHADOW))
         return shadow
+
+    def copy_to_shadow(self, served: Servable, signature: str | None, inputs: Any,
+                       request_id: str, hooks: Any) -> None:
+        """Send a copy of an unversioned predict request that ``served`` answered to the
+        model's ``shadow`` version, if any (REST and gRPC both call this once they have their
+        answer): the shadow's answer goes to ``hooks.on_predict`` under the same request id
+        (so feedback labels both), never to the client. The copy runs on the shadow thread; a
+        shadow that fails, or is so slow that its queue is full, loses the copy (counted in
+        ``:tfprod:rollout:shadow_dropped``) and nothing else."""
+        shadow = self.shadow(served.name, served)
+        if shadow is None:
+            return
+        name, version = shadow.name, shadow.version
+        start = time.perf_counter()
+        try:
+            future = shadow.submit(signature, inputs, executor=self._shadow_executor)
+        except Exception:  # a full shadow queue, a shadow whose signature differs, ...
+            shadow.release()
+            self.metrics.record_shadow(name, version, ok=False)
+            return
+
+        def done(f: Any) -> None:
+            shadow.release()
+            ok = not f.cancelled() and f.exception() is None
+            self.metrics.record_shadow(name, version, ok=ok)
+            if ok:
+                with contextlib.suppress(Exception):  # the request log must not break serving
+                    hooks.on_predict(name, version, signature or "serving_default", inputs,
+                                     f.result(), time.perf_counter() - start, request_id)
+
+        future.add_done_callback(done)
+
+    def rollout(self, name: str) -> dict[str, Any]:
+        """The model's rollout now: its split (``"ab"``, ``"canary"`` or None), each arm's
+        label, version, configured share and the requests, errors and mean latency counted
+        for it since the server started, and the shadow version."""
+        route = self._routes.get(name)
+        if route is None:
+            _check("model name", name)
+            raise not_found(f"Could not find any versions of model {name}")
+        arms: list[tuple[str, int | None, float | None]] = []
+        kind = None
+        if route.weights:
+            kind = "ab"
+            total = sum(w for _, w in route.weights)
+            arms = [(label, route.labels.get(label), 100.0 * w / total)
+                    for label, w in route.weights]
+        elif route.canary is not None:
+            kind = "canary"
+            arms = [(STABLE, route.canary[0].version, 100.0 - self.canary_percent),
+                    (CANARY, route.canary[1].version, self.canary_percent)]
+        live = {label for label, _ in route.ab.arms} if route.ab is not None else None
+        rows = []
+        for label, version, share in arms:
+            stats = self.metrics.arm_stats(name, version, label)
+            rows.append({"arm": label, "version": version, "weight_percent": share,
+                         "available": version in route.versions and (
+                             live is None or label in live), **stats})
+        shadow = None
+        if route.shadow is not None:
+            shadow = {"version": route.shadow.version,
+                      **self.metrics.shadow_stats(name, route.shadow.version)}
+        return {"model": name, "split": kind, "arms": rows, "shadow": shadow}
 
     def labels(self, name: str) -> dict[str, int]:
         """The model's version labels (label -> version)."""
@@ -442,6 +532,7 @@ class ModelRegistry:
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             raise invalid_argument(f"model names must be unique; got {names}")
+        check_ab_weights(self.ab_weights, specs, self.canary_percent)  # else keep the old one
         with self._sync_lock:
             self._set_specs(specs)
             self._sync_all()
@@ -640,8 +731,20 @@ class ModelRegistry:
             shadow = versions.get(labels.get(SHADOW, -1))
             if shadow is not None and versions.get(labels.get(STABLE, -1)) is not None:
                 latest = versions[labels[STABLE]]  # the shadow answers nobody
-            routes[name] = _Route(latest, versions, labels, split, shadow)
-            self.metrics.set_rollout(name, labels, self.canary_percent)
+            weights = ab_weights_for(self.ab_weights, model.spec) or ()
+            ab = WeightedSplit.build([(label, w, versions.get(labels.get(label, -1)))
+                                      for label, w in weights]) if weights else None
+            if ab is not None:
+                split = None  # check_ab_weights refuses a model with both
+                arms = {s.version: label for label, s in ab.arms}
+            elif split is not None:
+                arms = {split[0].version: STABLE, split[1].version: CANARY}
+            else:
+                arms = {}
+            for v, servable in versions.items():  # the arm each version plays now
+                servable.arm = arms.get(v)
+            routes[name] = _Route(latest, versions, labels, split, shadow, ab, weights)
+            self.metrics.set_rollout(name, labels, self.canary_percent, weights)
         self._routes = routes
 
     def _emit(self, event: ServingEvent) -> None:

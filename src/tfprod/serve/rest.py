@@ -10,6 +10,8 @@ Routes, matched on the raw (still percent-encoded) path and case-insensitively, 
 - ``POST /v1/models/{name}:feedback``, ``GET /v1/models/{name}/monitor``: labels joined to
   logged requests, and the drift of the recent window (answered by the attached
   :mod:`~tfprod.serve.hooks`; not part of TF Serving)
+- ``GET  /v1/models/{name}/rollout``: the model's canary or A/B split, each arm's share,
+  requests, errors and mean latency, and its shadow (not part of TF Serving)
 - ``GET  /v1/ready``: 200 once every configured model has an AVAILABLE version, else 503 (for
   load balancers; not part of TF Serving)
 - ``GET  /v1/openapi.json``: this API as an OpenAPI 3 document (:mod:`~tfprod.serve.openapi`)
@@ -59,6 +61,7 @@ _STATUS = re.compile(r"/v1/models(?:/" + _NAME + r")?(?:/(metadata))?", re.IGNOR
 _V1 = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
 _FEEDBACK = re.compile(r"/v1/models/([^/:]+):feedback", re.IGNORECASE)
 _MONITOR = re.compile(r"/v1/models/([^/:]+)/monitor", re.IGNORECASE)
+_ROLLOUT = re.compile(r"/v1/models/([^/:]+)/rollout", re.IGNORECASE)
 _REQUEST_ID = "tfprod.request_id"
 READY_PATH = "/v1/ready"
 _INT64_MAX = 2 ** 63 - 1
@@ -160,6 +163,10 @@ class RestApi:
             if match:
                 return 200, self._hooks("monitor").monitor(_decode(match.group(1),
                                                                    "model name")), _JSON
+            match = _ROLLOUT.fullmatch(path)
+            if match:
+                return 200, orjson.dumps(self.registry.rollout(
+                    _decode(match.group(1), "model name"))), _JSON
             match = _STATUS.fullmatch(path)
             if match:
                 if match.group(1) is None:
@@ -210,6 +217,7 @@ class RestApi:
         batcher = self.registry.batcher
         batcher.expect()  # a batch waiting for more requests waits for this one
         expected = True
+        split = None  # the servable, when a canary or A/B split chose it
         try:
             body = await self._read_body(scope, receive)
             # TF Serving's order: the body is checked before the model is looked up.
@@ -217,15 +225,19 @@ class RestApi:
                 request = json_codec.parse_request(body)
                 signature = json_codec.signature_name(request) or None
                 examples = None if api == "predict" else ex.examples_from_json(request.doc, api)
-            key = _header(scope, b"x-request-id")  # a client's own id: a sticky canary side
+            key = _header(scope, b"x-request-id")  # a client's own id: a sticky split side
             key = key.decode("latin-1") if key else None
             if examples is not None:
                 expected = False
                 batcher.unexpect()
                 with self.registry.acquire(name, version, label, key) as servable:
+                    if servable.arm is not None and version is None and label is None:
+                        split = servable
                     result = await self._classify_or_regress(api, servable, signature, examples)
                 return 200, result, _JSON
             servable = self.registry.hold(name, version, label, key)
+            if servable.arm is not None and version is None and label is None:
+                split = servable
             try:
                 with _NO_GC:
                     info = servable.signature(signature)
@@ -243,7 +255,7 @@ class RestApi:
                                      signature or "serving_default", inputs, outputs,
                                      time.perf_counter() - start, rid)
                     if version is None and label is None:
-                        self._shadow(servable, signature, inputs, rid, hooks)
+                        self.registry.copy_to_shadow(servable, signature, inputs, rid, hooks)
                 with _NO_GC:
                     result = json_codec.encode_predict(outputs, fmt)
             finally:
@@ -262,29 +274,10 @@ class RestApi:
             if expected:
                 batcher.unexpect()
             if status and self.registry.has_model(name):  # unknown names would grow metrics
-                self._record(name, api, status, time.perf_counter() - start)
-
-    def _shadow(self, served: Any, signature: str | None, inputs: Any, rid: str,
-                hooks: Any) -> None:
-        """Copy the request to the ``shadow`` version, if any: its answer goes to the request
-        log under the same request id (so feedback labels both), never to the client."""
-        shadow = self.registry.shadow(served.name, served)
-        if shadow is None:
-            return
-        start = time.perf_counter()
-        try:
-            future = shadow.submit_async(signature, inputs)
-        except Exception:  # e.g. a shadow whose signature differs: the client is unaffected
-            shadow.release()
-            return
-
-        def done(f: asyncio.Future) -> None:
-            shadow.release()
-            if not f.cancelled() and f.exception() is None:
-                hooks.on_predict(shadow.name, shadow.version, signature or "serving_default",
-                                 inputs, f.result(), time.perf_counter() - start, rid)
-
-        future.add_done_callback(done)
+                seconds = time.perf_counter() - start
+                self._record(name, api, status, seconds)
+                if split is not None:  # per-arm count, errors and latency of the split
+                    self.registry.record_arm(split, status, seconds)
 
     def _deadline(self) -> float | None:
         return None if self.timeout_s is None else time.monotonic() + self.timeout_s

@@ -319,6 +319,7 @@ class Servable:
                  batching: bool, metrics: ServingMetrics | None = None,
                  runtime: str = "tensorflow", litert_threads: int = 1):
         self.name, self.version, self.path = name, version, path
+        self.arm: str | None = None  # its arm in the model's canary or A/B split (the registry's)
         self.metrics = metrics
         self.batching = batching
         self.warmup_records = 0
@@ -382,7 +383,8 @@ class Servable:
         return self._get(name).info
 
     def submit(self, signature_name: str | None, inputs: dict[str, Any], *,
-               deadline: float | None = None, expected: bool = False) -> Future:
+               deadline: float | None = None, expected: bool = False,
+               executor: DynamicBatcher | None = None) -> Future:
         """Check ``inputs`` against the signature and queue the call; returns its future.
 
         Inputs are converted to the signature's dtypes where that loses nothing (ints in range to
@@ -395,12 +397,15 @@ class Servable:
             deadline: ``time.monotonic()`` after which the request must not start.
             expected: the caller announced the request with ``DynamicBatcher.expect()``
                 (front ends do; the announcement ends here even when this raises).
+            executor: run it on this batcher instead of the version's own (shadow copies have
+                their own thread and queue); not with ``expected``.
 
         Raises:
             ServingError: INVALID_ARGUMENT (unknown signature, missing / unexpected inputs, wrong
                 dtype or shape), RESOURCE_EXHAUSTED (queue full), UNAVAILABLE (unloaded).
         """
-        return self._submit(self._executor.submit, signature_name, inputs, deadline, expected)
+        return self._submit((executor or self._executor).submit, signature_name, inputs,
+                            deadline, expected)
 
     def submit_async(self, signature_name: str | None, inputs: dict[str, Any], *,
                      deadline: float | None = None, expected: bool = False) -> Any:

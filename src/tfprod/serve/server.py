@@ -37,6 +37,7 @@ from rich.markup import escape
 from tfprod.errors import TfprodError
 from tfprod.serve import config as cfg
 from tfprod.serve.metrics import ServingMetrics, set_current
+from tfprod.serve.split import ab_weights_for, check_ab_weights, format_ab_weights, parse_ab_weights
 
 Log = Callable[[str], None]  # one line of rich markup
 
@@ -67,6 +68,7 @@ class ServerOptions:
     drain_delay_seconds: float = 0.0
     runtime: str = "tensorflow"
     canary_percent: float = 0.0
+    ab_weights: str = ""
 
     def model_specs(self) -> list[cfg.ModelSpec]:
         """The models to serve, from ``--model_config_file`` or ``--model_name``/``base_path``.
@@ -104,6 +106,7 @@ class ServerOptions:
         if not 0.0 <= self.canary_percent <= 100.0:
             raise cfg.ConfigError(f"--canary_percent={self.canary_percent}; expected a share "
                                   "of traffic from 0 to 100")
+        parse_ab_weights(self.ab_weights)
         if self.rest_api_timeout_in_ms < 0:
             raise cfg.ConfigError(f"--rest_api_timeout_in_ms={self.rest_api_timeout_in_ms}; "
                                   "expected >= 0 (0: no timeout)")
@@ -131,6 +134,8 @@ class ModelServer:
         self.options = options
         self.log: Log = log or (lambda _message: None)
         self.specs = options.model_specs()
+        self.ab_weights = parse_ab_weights(options.ab_weights)
+        check_ab_weights(self.ab_weights, self.specs, options.canary_percent)
         self.batching = self._batching()
         self.monitoring = (cfg.load_monitoring_config(options.monitoring_config_file)
                            if options.monitoring_config_file else cfg.MonitoringConfig())
@@ -178,7 +183,11 @@ class ModelServer:
             self.specs, batching=self.batching, enable_warmup=self.options.enable_model_warmup,
             poll_wait_seconds=self.options.file_system_poll_wait_seconds, metrics=self.metrics,
             on_event=self._on_event, runtime=self.options.runtime,
-            canary_percent=self.options.canary_percent)
+            canary_percent=self.options.canary_percent, ab_weights=self.ab_weights)
+        for spec in self.specs:
+            arms = ab_weights_for(self.ab_weights, spec)
+            if arms:
+                self.log(f"model {spec.name}: A/B split {format_ab_weights(arms, spec.labels)}")
         if self.batching is not None:
             b = self.batching
             self.log(f"batching on: max_batch_size {b.max_batch_size}, batch_timeout_micros "
