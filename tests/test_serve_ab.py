@@ -215,10 +215,13 @@ def _wait(fn, timeout=30.0):
 # ---------------------------------------------------------------------------- end to end
 
 
-def test_ab_split_shares_stickiness_explicit_versions_and_per_arm_metrics(served):
+def test_ab_split_shares_stickiness_explicit_versions_and_per_arm_metrics(served, root):
     """2,000 requests with distinct ids land on a/b/c by 20/30/50 (binomial 99%); an id stays
     on its arm (REST and gRPC); explicit versions and labels are not split; the per-arm
-    metrics and the rollout route count exactly the requests sent."""
+    metrics and the rollout route count exactly the requests sent; the request log has the
+    version that answered each request."""
+    from tfprod.monitor.store import open_store
+
     _, client, stub = served
     n = 2000
     served_by = {f"user-{i}": _rest(client, rid=f"user-{i}") for i in range(n)}
@@ -266,6 +269,18 @@ def test_ab_split_shares_stickiness_explicit_versions_and_per_arm_metrics(served
         row = next(a for a in report["arms"] if a["arm"] == arm)
         assert (row["requests"], row["errors"]) == (sent[version], errors)
         assert row["available"] and row["latency_ms_mean"] > 0
+    # the log: every split request (ids 20.. were never sent with an explicit version) under
+    # the version that answered it
+    split_only = {f"user-{i}" for i in range(20, n)}
+    records = len(split_only) + 2 * sum(1 for rid in again if rid in split_only)
+    store = open_store(str(root / "requests.db"), create=False)
+    try:
+        logged = _wait(lambda: (lambda got: got if len(got) == records else None)(
+            [(r.request_id, r.version) for r in store.read("ab") if r.request_id in split_only]))
+    finally:
+        store.close()
+    assert {rid: {v for i, v in logged if i == rid} for rid in split_only} == {
+        rid: {served_by[rid]} for rid in split_only}
 
 
 def test_online_status_shows_the_live_split_per_arm(served, root, tmp_path):
