@@ -378,11 +378,15 @@ def test_bad_ab_flags_stop_the_server_before_it_listens(root):
             ModelServer(ServerOptions(model_config_file=config, ab_weights=flag))
 
 
-def test_cli_refuses_a_label_not_in_models_config_with_exit_2(root):
+@pytest.mark.parametrize("flag, message", [
+    ("ab:a=50,z=50", "model 'ab' has no version label 'z' (it has: a, b, c)"),
+    ("a=50;b=50", "'a=50' names 1 label; an A/B split needs two or more"),
+])
+def test_cli_refuses_bad_weights_with_one_line_and_exit_2(root, flag, message):
     out = subprocess.run([TFPROD, "serve", f"--model_config_file={root / 'models.config'}",
-                          "--ab_weights=ab:a=50,z=50", "--port=0", "--rest_api_port=0"],
+                          f"--ab_weights={flag}", "--port=0", "--rest_api_port=0"],
                          capture_output=True, text=True, timeout=120,
                          env={**os.environ, "COLUMNS": "200"})
     assert out.returncode == 2, out.stderr[-2000:]
     lines = [line for line in (out.stdout + out.stderr).splitlines() if "--ab_weights" in line]
-    assert len(lines) == 1 and "model 'ab' has no version label 'z'" in lines[0], out.stderr
+    assert len(lines) == 1 and message in lines[0], out.stderr
