@@ -181,10 +181,12 @@ loop = OnlineLoop(base, holdout, model_config_file=state + ".config", state_dir=
                   stream=IterableStream(batches()), min_examples=512, margin=1.0)
 loop.step()  # the first round traces the functions: not measured
 print("READY", flush=True)
-end, examples, rounds, t0 = time.monotonic() + float(seconds), 0, 0, time.perf_counter()
+end, rounds, t0 = time.monotonic() + float(seconds), 0, time.perf_counter()
+seen = loop.prequential.seen
 while time.monotonic() < end:
-    examples += loop.step().get("examples", 0)
+    loop.step()
     rounds += 1
+examples = loop.prequential.seen - seen  # scored then learned (the recent fifth is held out)
 loop.close()
 print(json.dumps({**applied, "rounds": rounds, "examples": examples,
                   "seconds": time.perf_counter() - t0}), flush=True)
