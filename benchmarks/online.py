@@ -9,8 +9,11 @@ stream, and the cost of a round to the server beside it.
    grow over time, then 1,500 where two rare classes become common. Prequential accuracy, the
    examples until the 500-example window is back within 2 points of its pre-change level,
    and accuracy on a holdout of the original distribution at the end (vs the frozen model).
-3. ``serving``: requests/s of ``tfprod serve`` (tiny model, REST, 8 client threads) idle and
-   while another process runs online rounds (replay) as fast as it can; the loop's examples/s.
+3. ``serving``: requests/s of ``tfprod serve`` (the digits MLP, REST, 1-instance requests
+   from wrk: 1 thread, 8 connections) idle and while another process runs the online loop's
+   rounds back to back (512 new examples, replay, gate, export), the learner at TensorFlow's
+   defaults, with one thread per pool, and at nice 10 with one thread (what ``tfprod online
+   run --nice 10 --threads 1`` does); the loop's examples/s in each case.
 
     python benchmarks/online.py --parts split,drift,serving --seeds 3
 """
@@ -23,7 +26,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -156,83 +158,101 @@ def drift_part(seeds: int) -> list[dict]:
     return out
 
 
+# One learner process: the real OnlineLoop, one round per step (512 new examples scored then
+# learned with replay, the gate on a 300-example holdout, the candidate exported), as many
+# rounds as fit in the time, under the niceness and TensorFlow threads given.
 _LEARN = """
-import os, sys, time, numpy as np
-os.nice(int(sys.argv[2]))
-import tensorflow as tf
-if int(sys.argv[2]):
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-from tfprod.online import Prequential, make_learner
-from tfprod.online.bench import mlp, split_digits
-from tfprod.online.stream import Examples
+import json, sys, time
+from tfprod.online.priority import lower_priority
+nice, threads, seconds, base, holdout, state = sys.argv[1:7]
+applied = lower_priority(int(nice), int(threads) or None)
+import numpy as np
+from tfprod.online import IterableStream, OnlineLoop
+from tfprod.online.bench import split_digits
 x, y, _, _ = split_digits(0)
-learner = make_learner("replay", mlp(0), buffer_size=500)
-pq = Prequential(learner, chunk=32)
-end, n = time.monotonic() + float(sys.argv[1]), 0
-t0 = time.perf_counter()
+rng = np.random.default_rng(0)
+
+def batches():
+    while True:
+        i = rng.choice(len(y), 512)
+        yield {"pixels": x[i]}, y[i]
+
+loop = OnlineLoop(base, holdout, model_config_file=state + ".config", state_dir=state,
+                  stream=IterableStream(batches()), min_examples=512, margin=1.0)
+loop.step()  # the first round traces the functions: not measured
+print("READY", flush=True)
+end, rounds, t0 = time.monotonic() + float(seconds), 0, time.perf_counter()
+seen = loop.prequential.seen
 while time.monotonic() < end:
-    pq.run(Examples({"pixels": x[:256]}, y[:256]))
-    n += 256
-print(n / (time.perf_counter() - t0))
+    loop.step()
+    rounds += 1
+examples = loop.prequential.seen - seen  # scored then learned (the recent fifth is held out)
+loop.close()
+print(json.dumps({**applied, "rounds": rounds, "examples": examples,
+                  "seconds": time.perf_counter() - t0}), flush=True)
 """
 
-
-def _hammer(port: int, seconds: float, threads: int = 8) -> float:
-    import httpx
-
-    body = {"instances": [[0.5] * 64]}
-    counts = [0] * threads
-    stop = time.monotonic() + seconds
-
-    def run(i: int) -> None:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as c:
-            while time.monotonic() < stop:
-                if c.post("/v1/models/digits:predict", json=body).status_code == 200:
-                    counts[i] += 1
-
-    ts = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    return sum(counts) / seconds
+# (name, nice, TensorFlow threads per pool; 0: TensorFlow's default, all cores)
+LEARNER_SETTINGS = (("default", 0, 0), ("1 thread", 0, 1), ("nice 10, 1 thread", 10, 1))
 
 
-def serving_part(seconds: float, repeats: int) -> list[dict]:
+def serving_part(seconds: int, repeats: int, connections: int) -> list[dict]:
+    """wrk against tfprod serve idle, then during the online loop's rounds in another process
+    (each learner setting), interleaved per repeat."""
+    from serving_tools import Load, Wrk, write_lua
     from tfprod.online.bench import mlp, split_digits
     from tfprod.serve.process import ServerProcess
 
     sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
     from online_data import export_v1
 
-    x, y, _, _ = split_digits(0)
+    x, y, x_te, y_te = split_digits(0)
     out = []
+    wrk = Wrk(threads=1, timeout_s=5)
+    load = Load("1 instance", 1, connections)
     with tempfile.TemporaryDirectory() as tmp:
         model = mlp(0)
         model.fit(x, y, epochs=3, verbose=0)
-        export_v1(model, os.path.join(tmp, "digits"), x[:200], y[:200])
+        for name in ("digits", "learner"):  # the served one, and the one the loop updates
+            export_v1(model, os.path.join(tmp, name), x[:200], y[:200])
+        holdout = os.path.join(tmp, "holdout.npz")
+        np.savez(holdout, pixels=x_te[:300], labels=y_te[:300])
+        body = Path(tmp) / "body.json"
+        body.write_text(json.dumps({"instances": [x_te[0].tolist()]}))
+        script = write_lua(body)
         with ServerProcess("digits", os.path.join(tmp, "digits"), log=os.path.join(
                 tmp, "serve.log"), flags=["--file_system_poll_wait_seconds=0"]) as server:
-            _hammer(server.rest_port, 3)  # warm-up
+            url = f"http://127.0.0.1:{server.rest_port}/v1/models/digits:predict"
+            pid = server.proc.pid
+            wrk.run(url, script, load, 3, pid)  # warm-up
             for r in range(repeats):
-                row = {"repeat": r, "idle": _hammer(server.rest_port, seconds)}
-                for nice in (0, 10):
+                idle = wrk.run(url, script, load, seconds, pid)
+                row = {"repeat": r, "idle": idle.rps, "idle_p99_ms": idle.p99_ms,
+                       "idle_server_cores": idle.server_cpu_s / idle.seconds}
+                for name, nice, threads in LEARNER_SETTINGS:
+                    state = os.path.join(tmp, f"state-{r}-{nice}-{threads}")
                     learner = subprocess.Popen(
-                        [sys.executable, "-c", _LEARN, str(seconds + 8), str(nice)],
+                        [sys.executable, "-c", _LEARN, str(nice), str(threads),
+                         str(seconds + 3), os.path.join(tmp, "learner"), holdout, state],
                         stdout=subprocess.PIPE, text=True)
-                    time.sleep(8)  # its TensorFlow import and first traces
-                    busy = _hammer(server.rest_port, seconds)
-                    learned = float(learner.communicate(timeout=120)[0].strip().splitlines()[-1])
-                    row[f"nice{nice}"] = busy
-                    row[f"nice{nice}_ratio"] = busy / row["idle"]
-                    row[f"nice{nice}_loop_examples_per_second"] = learned
+                    assert learner.stdout is not None
+                    if learner.stdout.readline().strip() != "READY":
+                        raise RuntimeError("the learner process did not start")
+                    busy = wrk.run(url, script, load, seconds, pid)
+                    done = json.loads(learner.communicate(timeout=300)[0].strip().splitlines()[-1])
+                    row[name] = {"rps": busy.rps, "ratio": busy.rps / idle.rps,
+                                 "p99_ms": busy.p99_ms,
+                                 "server_cores": busy.server_cpu_s / busy.seconds,
+                                 "failed": busy.failed, "learner": done,
+                                 "loop_examples_per_second": done["examples"] / done["seconds"]}
                 out.append(row)
-                print(f"serving repeat {r}: idle {row['idle']:.0f} req/s; during a round: "
-                      f"{row['nice0']:.0f} ({row['nice0_ratio']:.2f}x), nice 10 + 1 thread "
-                      f"{row['nice10']:.0f} ({row['nice10_ratio']:.2f}x); loop "
-                      f"{row['nice0_loop_examples_per_second']:.0f} / "
-                      f"{row['nice10_loop_examples_per_second']:.0f} ex/s", flush=True)
+                print(f"serving repeat {r}: idle {idle.rps:.0f} req/s (p99 {idle.p99_ms:.1f} ms)"
+                      + "".join(f"; {n}: {row[n]['rps']:.0f} ({row[n]['ratio']:.2f}x, p99 "
+                                f"{row[n]['p99_ms']:.1f} ms, loop "
+                                f"{row[n]['loop_examples_per_second']:.0f} ex/s in "
+                                f"{row[n]['learner']['rounds']} rounds, nice "
+                                f"{row[n]['learner']['nice']})"
+                                for n, _, _ in LEARNER_SETTINGS), flush=True)
     return out
 
 
@@ -243,8 +263,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--methods", default="finetune,ewc,lwf,replay-200,replay-500,"
                                              "replay-1000,joint")
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=10, help="serving: wrk seconds")
+    parser.add_argument("--repeats", type=int, default=3, help="serving: repeats")
+    parser.add_argument("--connections", type=int, default=8, help="serving: wrk connections")
     parser.add_argument("--png", type=Path, default=Path("docs/online_split_digits.png"))
     add_machine_args(parser)
     args = parser.parse_args()
@@ -259,7 +280,7 @@ def main() -> None:
     if "drift" in parts:
         result["drift"] = drift_part(args.seeds)
     if "serving" in parts:
-        result["serving"] = serving_part(args.seconds, args.repeats)
+        result["serving"] = serving_part(args.seconds, args.repeats, args.connections)
     result["load_average_end"] = list(os.getloadavg())
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

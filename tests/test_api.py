@@ -81,7 +81,7 @@ def test_online_surface_and_lazy_import():
     for name in ("LogStream", "FolderStream", "IterableStream", "ReservoirBuffer", "FineTune",
                  "Replay", "EWC", "LwF", "make_learner", "Prequential", "PageHinkley",
                  "evaluate_gate", "GateDecision", "two_proportion_test", "write_models_config",
-                 "OnlineLoop", "online_status"):
+                 "OnlineLoop", "online_status", "lower_priority"):
         assert name in o.__all__
     code = ("import sys, tfprod.online; from tfprod.online import two_proportion_test, "
             "PageHinkley, ReservoirBuffer, online_status; print('tensorflow' in sys.modules)")

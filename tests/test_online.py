@@ -143,33 +143,64 @@ def test_ewc_anchor_holds_the_weights_that_mattered(digits):
     assert scores["ewc"] > scores["finetune"] + 0.1, scores
 
 
-def test_log_stream_releases_an_example_when_its_label_arrives(tmp_path):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def log_url(request, tmp_path):
+    """A request log on SQLite, then on a real PostgreSQL server (tests/postgres_server.py;
+    its tables are shared by the session, so each test's ids carry a unique prefix)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "log.db")
+    return request.getfixturevalue("postgres").url
+
+
+def test_log_stream_releases_an_example_when_its_label_arrives(log_url):
+    """Delayed labels, ties of feedback time cut by a limit, resume from the cursor (no repeat,
+    no skip), and the labels the loop cannot learn: dropped with one line each."""
+    import uuid
+
     from tfprod.monitor.records import LogRecord
     from tfprod.monitor.store import open_store
     from tfprod.online import LogStream
 
-    store = open_store(str(tmp_path / "log.db"))
-    x = np.arange(12, dtype=np.float32).reshape(6, 2)
-    store.write(LogRecord(f"r{i}", 100.0 + i, "m", 1, "serving_default", {"x": x[i:i + 1]},
-                          {"p": np.zeros((1, 3))}, 1.0) for i in range(5))
-    store.write([LogRecord("pair", 106.0, "m", 1, "serving_default", {"x": x[4:6]},
+    p, model = uuid.uuid4().hex[:8], f"m-{uuid.uuid4().hex[:8]}"
+    store = open_store(log_url)
+    x = np.arange(24, dtype=np.float32).reshape(12, 2)
+    store.write(LogRecord(f"{p}r{i}", 100.0 + i, model, 1, "serving_default",
+                          {"x": x[i:i + 1]}, {"p": np.zeros((1, 3))}, 1.0) for i in range(10))
+    store.write([LogRecord(f"{p}pair", 106.0, model, 1, "serving_default", {"x": x[10:12]},
                            {"p": np.zeros((2, 3))}, 1.0)])
-    stream = LogStream(str(tmp_path / "log.db"), "m")
+    stream = LogStream(log_url, model)
     assert len(stream.poll()) == 0  # served, not labelled yet
-    store.add_feedback("m", [("r3", 2), ("r1", 0)], time=200.0)
+    store.add_feedback(model, [(f"{p}r3", 2), (f"{p}r1", 0)], time=200.0)
     got = stream.poll()
-    assert got.ids == ["r1", "r3"] and got.y.tolist() == [0, 2]
+    assert got.ids == [f"{p}r1", f"{p}r3"] and got.y.tolist() == [0, 2]
     np.testing.assert_array_equal(got.x["x"], x[[1, 3]])
     assert len(stream.poll()) == 0  # each label is learned once
-    store.add_feedback("m", [("r0", 1), ("pair", [1, 2])], time=300.0)
+    # late labels: r0 served first, labelled last; a two-instance request with two labels
+    store.add_feedback(model, [(f"{p}r0", 1), (f"{p}pair", [1, 2])], time=300.0)
     late = stream.poll()
-    assert late.ids == ["r0", "pair", "pair"] and late.y.tolist() == [1, 1, 2]
-    resumed = LogStream(str(tmp_path / "log.db"), "m")
-    resumed.load_state({"after": 200.0})
-    assert resumed.poll().ids == ["r0", "pair", "pair"]
-    store.add_feedback("m", [("r2", "seven")], time=400.0)
-    with pytest.raises(TfprodError, match="label 'seven' is not a number"):
-        stream.poll()
+    assert late.ids == [f"{p}r0", f"{p}pair", f"{p}pair"] and late.y.tolist() == [1, 1, 2]
+    np.testing.assert_array_equal(late.x["x"], x[[0, 10, 11]])
+    # six labels sent together share one time; a limit of 4 cuts among them
+    store.add_feedback(model, [(f"{p}r{i}", i) for i in (4, 5, 6, 7, 8, 9)], time=400.0)
+    first = stream.poll(limit=4)
+    cursor = stream.state()
+    resumed = LogStream(log_url, model)
+    resumed.load_state(cursor)
+    rest = resumed.poll()
+    assert first.ids + rest.ids == [f"{p}r{i}" for i in (4, 5, 6, 7, 8, 9)]
+    assert (first.y.tolist(), rest.y.tolist()) == ([4, 5, 6, 7], [8, 9])
+    np.testing.assert_array_equal(np.concatenate([first.x["x"], rest.x["x"]]), x[4:10])
+    assert len(stream.poll(limit=4)) == 2 and len(resumed.poll()) == 0
+    # what cannot be learned is dropped with one line each; the stream goes on
+    store.add_feedback(model, [(f"{p}r2", "seven"), (f"{p}ghost", 3)], time=500.0)
+    store.add_feedback(model, [(f"{p}r1", 4)], time=600.0)  # a corrected label: learned again
+    kept = stream.poll()
+    assert kept.ids == [f"{p}r1"] and kept.y.tolist() == [4]
+    reasons = [n["reason"] for n in stream.notes]
+    assert len(reasons) == 2, reasons
+    assert any(f"request id(s) '{p}ghost' the log does not hold" in r for r in reasons)
+    assert any("label(s) 'seven' are not numbers" in r for r in reasons)
+    assert len(stream.poll()) == 0 and len(stream.notes) == 2  # each reported once
     for s in (stream, resumed):
         s.close()
     store.close()
@@ -215,6 +246,41 @@ def test_gate_refuses_nan_and_a_worse_candidate(served):
     worse = evaluate_gate(shuffled, good, data, margin=0.05, floor=0.5)
     assert not worse.blessed and len(worse.reasons) == 2
     assert "worse than the serving version's" in worse.reasons[0]
+
+
+def test_gate_recent_window_refuses_a_real_loss_not_one_unlucky_example():
+    """The quickstart's case: better on the holdout, one example worse of 18 recent ones (5.6
+    points, over the 3-point margin by chance): blessed. A candidate losing 30 and winning 5 of
+    200 recent examples is refused, and the reason gives the counts and the test."""
+    from tfprod.online import evaluate_gate
+    from tfprod.online.stream import Examples
+
+    def data(n):
+        return Examples({"i": np.arange(n)}, np.zeros(n, np.int64))
+
+    def model(on_holdout, on_recent):  # predicts the label (0) where marked right, else 1
+        def predict(x):
+            right = on_holdout if len(x["i"]) == 300 else on_recent
+            return np.eye(2)[(~right[x["i"]]).astype(int)]
+        return predict
+
+    holdout = data(300)
+    better, worse = np.arange(300) >= 5, np.arange(300) >= 10  # 0.983 vs 0.967
+    recent_c, recent_b = np.arange(18) >= 3, np.arange(18) >= 2  # 15/18 vs 16/18
+    lucky = evaluate_gate(model(better, recent_c), model(worse, recent_b), holdout,
+                          recent=data(18), margin=0.03)
+    assert lucky.blessed, lucky.reasons
+    assert (round(lucky.recent_candidate, 4), round(lucky.recent_baseline, 4)) == (0.8333, 0.8889)
+    assert lucky.recent_p == pytest.approx(0.5)  # lost 1, won 0: a coin flip
+    cand = np.r_[np.zeros(30, bool), np.ones(5, bool), np.ones(165, bool)]
+    base = np.r_[np.ones(30, bool), np.zeros(5, bool), np.ones(165, bool)]
+    refused = evaluate_gate(model(better, cand), model(worse, base), holdout,
+                            recent=data(200), margin=0.03)
+    assert not refused.blessed and len(refused.reasons) == 1
+    assert refused.reasons[0].startswith("recent-window accuracy 0.8500 is worse than the "
+                                         "serving version's 0.9750 by more than the margin 0.03 "
+                                         "(it lost 30 and won 5 of the 200 examples, p=")
+    assert refused.recent_p < 1e-4
 
 
 def test_a_holdout_that_does_not_match_the_signature_is_one_clear_line(served, tmp_path):
@@ -496,6 +562,10 @@ def test_resume_after_sigkill_mid_round_gives_the_same_buffer_and_weights(served
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def _events(state):
+    return [json.loads(line) for line in (state / "events.jsonl").read_text().splitlines()]
+
+
 def test_a_stream_that_stops_ends_the_loop_without_publishing(served, tmp_path):
     from tfprod.export import list_versions
     from tfprod.online import IterableStream, OnlineLoop
@@ -508,7 +578,50 @@ def test_a_stream_that_stops_ends_the_loop_without_publishing(served, tmp_path):
     assert loop.run(interval=0.01) == 0  # 10 examples, then the iterable stops
     assert loop.stream.done and list_versions(base) == [1]
     assert 'key: "stable" value: 1' in (tmp_path / "models.config").read_text()
+    end = [e for e in _events(tmp_path / "state") if e["event"] == "stream_end"]
+    assert len(end) == 1 and end[0]["examples"] == 10
+    assert "the stream ended with 10 labelled example(s) waiting, fewer than " \
+           "min_examples=50" in end[0]["reason"]
     loop.close()
+
+
+def test_labels_the_loop_cannot_learn_are_dropped_one_line_each(served, digits, tmp_path):
+    """Through the request log: a label that is not a number, one outside the classes, one for
+    a request id the log does not hold; each a ``dropped`` line, none learned, the round runs.
+    A log that stops growing: one ``idle`` line, and the loop waits."""
+    from tfprod.monitor.records import LogRecord
+    from tfprod.monitor.store import open_store
+    from tfprod.online import LogStream, OnlineLoop
+
+    _, base, holdout, _ = served
+    x_tr, y_tr, _, _ = digits
+    url = str(tmp_path / "log.db")
+    store = open_store(url)
+    store.write(LogRecord(f"r{i}", 100.0 + i, "digits", 1, "serving_default",
+                          {"pixels": x_tr[i:i + 1]}, {"probabilities": np.zeros((1, 10))}, 1.0)
+                for i in range(40))
+    state = tmp_path / "state"
+    lines = []
+    loop = OnlineLoop(base, str(holdout), model_config_file=tmp_path / "models.config",
+                      stream=LogStream(url, "digits"), state_dir=state, min_examples=30,
+                      recent_every=0, floor=1.0, log=lines.append)  # floor 1: refused, kept
+    assert loop.step()["action"] == "wait" and loop.step()["action"] == "wait"
+    idle = [e for e in _events(state) if e["event"] == "idle"]
+    assert len(idle) == 1 and "no new labelled examples; 0 of the 30" in idle[0]["reason"]
+    store.add_feedback("digits", [(f"r{i}", int(y_tr[i])) for i in range(37)], time=200.0)
+    store.add_feedback("digits", [("r37", "seven"), ("r38", 12), ("ghost", 3)], time=201.0)
+    result = loop.step()
+    assert result["action"] == "rejected" and result["examples"] == 37
+    dropped = [e for e in _events(state) if e["event"] == "dropped"]
+    assert len(dropped) == 3 and all(e["examples"] == 1 for e in dropped)
+    reasons = " | ".join(e["reason"] for e in dropped)
+    assert "label(s) 'seven' are not numbers" in reasons
+    assert "label(s) [12] are not class indices 0..9" in reasons
+    assert "request id(s) 'ghost' the log does not hold" in reasons
+    assert sum("event=dropped" in line for line in lines) == 3
+    assert loop.step()["action"] == "wait"  # and it goes on
+    loop.close()
+    store.close()
 
 
 def test_extra_files_stay_under_assets_extra(tmp_path):

@@ -274,10 +274,8 @@ def online_round(base: str, images: Any, labels: Any, *, out: str) -> dict[str, 
             send(client, slice(0, half), "feedback")
             first = loop.step()
             decision = first.get("decision")
-            gate = "no round (too few labels)" if decision is None else (
-                f"gate {'blessed' if decision.blessed else 'refused'} (holdout "
-                f"{decision.candidate:.3f} vs v1 {decision.baseline:.3f}, window "
-                f"{first['window_accuracy']:.3f})")
+            gate = "no round (too few labels)" if decision is None else gate_summary(
+                decision, first["window_accuracy"])
             verdict = {"action": "none"}
             if first["action"] == "canary":
                 deadline = time.monotonic() + 60
@@ -300,6 +298,17 @@ def online_round(base: str, images: Any, labels: Any, *, out: str) -> dict[str, 
         summary = f"{gate}; {verdict.get('reason', 'no canary')}"
     return {"summary": summary, "round": first.get("action"), "verdict": verdict["action"],
             "state": state, "stable": loop.state["stable"]}
+
+
+def gate_summary(decision: Any, window_accuracy: float) -> str:
+    """The gate's decision in one line: the figures of each check, and which refused."""
+    recent = "" if decision.recent_candidate is None else (
+        f"; recent window {decision.recent_candidate:.3f} vs {decision.recent_baseline:.3f} "
+        f"on {decision.recent_examples} examples, p={decision.recent_p:.2g}")
+    line = (f"gate {'blessed' if decision.blessed else 'refused'} (holdout "
+            f"{decision.candidate:.3f} vs v{decision.baseline_version} {decision.baseline:.3f}"
+            f"{recent}; prequential window {window_accuracy:.3f})")
+    return line if decision.blessed else f"{line}: {'; '.join(decision.reasons)}"
 
 
 def shift_images(images: Any, *, brightness: float = 60.0, contrast: float = 0.6) -> Any:

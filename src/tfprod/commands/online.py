@@ -95,17 +95,30 @@ def register(app: typer.Typer) -> None:
                                     "copy of it, answers only logged)."),
         state: Path | None = typer.Option(None, "--state", help="State folder "
                                           "(default BASE.online)."),
+        nice: int = typer.Option(0, "--nice", help="Run the loop this much nicer (0-19), "
+                                 "so a server on the same cores keeps serving during a round."),
+        threads: int | None = typer.Option(None, "--threads", help="TensorFlow threads per "
+                                           "pool for the learner (default: all cores)."),
         json_path: Path | None = typer.Option(None, "--json", help="Write the steps here."),
     ) -> None:
         """Learn from labelled traffic, gate, publish a canary, promote or roll back.
 
-        Runs until SIGTERM / Ctrl-C (the step in progress finishes) or --rounds.
+        Runs until SIGTERM / Ctrl-C (the step in progress finishes) or --rounds. On cores it
+        shares with tfprod serve, --nice 10 --threads 1 keeps the server's throughput.
 
         Example: [bold]tfprod online run --model_base_path models/digits --log log.db
         --holdout holdout.npz --model_config_file models.config --interval 60s[/]
         """
         tf()
         from tfprod.online.loop import OnlineLoop
+        from tfprod.online.priority import lower_priority
+
+        if nice or threads is not None:
+            now = lower_priority(nice, threads)
+            err_console.print(f"learning at niceness {now['nice']}, TensorFlow threads "
+                              f"{now['intra_op_threads'] or 'default'} intra-op / "
+                              f"{now['inter_op_threads'] or 'default'} inter-op",
+                              highlight=False)
 
         args = {"buffer_size": buffer_size} if strategy == "replay" else {}
         loop = OnlineLoop(model_base_path, str(holdout), model_config_file=model_config_file,

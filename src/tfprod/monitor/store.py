@@ -121,23 +121,47 @@ class Store:
         return out
 
     def read_labelled(self, model: str, *, after: float | None = None,
-                      limit: int | None = None) -> list[tuple[LogRecord, float]]:
-        """Logged requests whose label arrived after ``after`` (feedback time, epoch seconds),
-        with that time, in the order the labels arrived: the stream a learner consumes."""
+                      after_row: int | None = None, limit: int | None = None
+                      ) -> list[tuple[LogRecord, float, int]]:
+        """Logged requests whose label arrived after the cursor ``(after, after_row)`` (feedback
+        time in epoch seconds, then the log's row number: labels sent together share a time,
+        so a limit may end among them), with that time and row, in the order the labels
+        arrived (then the order served): the stream a learner consumes."""
         where, params = ["r.model = ?"], [model]
         if after is not None:
-            where.append("f.time > ?")
-            params.append(after)
+            if after_row is None:
+                where.append("f.time > ?")
+                params.append(after)
+            else:
+                where.append("(f.time > ? OR (f.time = ? AND r.id > ?))")
+                params.extend([after, after, after_row])
         sql = (f"SELECT r.request_id, r.time, r.model, r.version, r.signature, r.latency_ms, "
-               f"r.inputs, r.outputs, f.label, f.time FROM request_log r JOIN feedback f "
+               f"r.inputs, r.outputs, f.label, f.time, r.id FROM request_log r JOIN feedback f "
                f"ON f.request_id = r.request_id AND f.model = r.model "
                f"WHERE {' AND '.join(where)} ORDER BY f.time, r.id")
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         return [(LogRecord(rid, float(t), m, int(v), sig, decode_tensors(inputs),
-                           decode_tensors(outputs), float(lat), json.loads(label)), float(ft))
-                for rid, t, m, v, sig, lat, inputs, outputs, label, ft
+                           decode_tensors(outputs), float(lat), json.loads(label)), float(ft),
+                 int(row))
+                for rid, t, m, v, sig, lat, inputs, outputs, label, ft, row
                 in self._execute(self._q(sql), params)]
+
+    def unmatched_feedback(self, model: str, *, after: float | None = None,
+                           until: float | None = None) -> list[tuple[str, float]]:
+        """``(request_id, time)`` of labels for ``model`` that arrived after ``after`` and
+        up to ``until`` (inclusive) whose request the log does not hold, in arrival order."""
+        where, params = ["f.model = ?", "r.request_id IS NULL"], [model]
+        if after is not None:
+            where.append("f.time > ?")
+            params.append(after)
+        if until is not None:
+            where.append("f.time <= ?")
+            params.append(until)
+        sql = (f"SELECT f.request_id, f.time FROM feedback f LEFT JOIN request_log r "
+               f"ON r.request_id = f.request_id AND r.model = f.model "
+               f"WHERE {' AND '.join(where)} ORDER BY f.time, f.request_id")
+        return [(rid, float(t)) for rid, t in self._execute(self._q(sql), params)]
 
     def count(self, model: str | None = None) -> int:
         if model is None:

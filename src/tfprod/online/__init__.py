@@ -14,6 +14,7 @@ the gate against the serving version on a fixed holdout -> a new version publish
 - :func:`two_proportion_test`, :func:`write_models_config`: the canary's verdict and the
   label move.
 - :class:`OnlineLoop`, :func:`online_status`: the loop behind ``tfprod online run``.
+- :func:`lower_priority`: niceness and TensorFlow threads, so the server beside keeps the CPU.
 
 Names load on first use; ``import tfprod.online`` does not import TensorFlow.
 """
@@ -35,6 +36,7 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "Replay": "replay",
     "ReservoirBuffer": "buffer",
     "evaluate_gate": "gate",
+    "lower_priority": "priority",
     "make_learner": "strategies",
     "online_status": "status",
     "two_proportion_test": "rollout",

@@ -4,7 +4,8 @@ Each :meth:`OnlineLoop.step` does one of two things:
 
 - **no canary out**: read the labelled examples that arrived (the stream's cursor), and once
   there are ``min_examples``, learn them prequentially (score, then learn, chunk by chunk; a
-  drift alarm consolidates and doubles the update), keeping every ``recent_every``-th example
+  drift alarm makes the following chunks' updates larger, then the round's examples are
+  learned once more and consolidated), keeping every ``recent_every``-th example
   out of training as the recent window; then the gate (:mod:`.gate`) against the serving
   version. Blessed: published as a new version (``assets.extra/tfprod/gate.json`` and
   ``model.keras`` inside, before the atomic rename) and labelled ``canary`` in models.config.
@@ -192,6 +193,7 @@ class OnlineLoop:
             self.prequential.load_state(self.state["prequential"])
         self._serving: dict[int, Any] = {}
         self._pending: list[Examples] = []
+        self._idle = False  # the last poll found nothing (one "idle" line per quiet spell)
 
     # ------------------------------------------------------------------------ state
 
@@ -305,19 +307,41 @@ class OnlineLoop:
         if not ok.all():
             bad = examples.y[~ok][:3].tolist()
             self._event({"event": "dropped", "examples": int((~ok).sum()),
-                         "reason": f"labels {bad} outside the classes 0.."
-                                   f"{self.learner.classes - 1}"})
+                         "reason": f"label(s) {bad} are not class indices 0.."
+                                   f"{self.learner.classes - 1} of the model; those examples "
+                                   "are not learned"})
         return examples.take(np.flatnonzero(ok))
+
+    def _drain_notes(self) -> None:
+        """The stream's dropped examples, one ``dropped`` event each."""
+        notes = getattr(self.stream, "notes", None)
+        while notes:
+            self._event({"event": "dropped", **notes.pop(0)})
 
     def _round(self) -> dict[str, Any]:
         # Examples wait in memory until a round has enough; the stream's committed cursor
         # still points before them, so after a crash they are read again.
         want = None if self.max_examples is None else self.max_examples - sum(
             len(p) for p in self._pending)
-        self._pending.append(self.stream.poll(want))
+        arrived = self.stream.poll(want)
+        self._drain_notes()
+        self._pending.append(arrived)
         examples = Examples.concat(self._pending)
         if len(examples) < self.min_examples:
-            return {"action": "wait", "examples": len(examples)}
+            if getattr(self.stream, "done", False):
+                self._event({"event": "stream_end", "examples": len(examples),
+                             "reason": f"the stream ended with {len(examples)} labelled "
+                                       f"example(s) waiting, fewer than min_examples="
+                                       f"{self.min_examples}; they are not learned and "
+                                       "nothing was published"})
+            elif not len(arrived) and not self._idle:
+                self._event({"event": "idle", "examples": len(examples),
+                             "reason": f"no new labelled examples; {len(examples)} of the "
+                                       f"{self.min_examples} a round needs are waiting"})
+            self._idle = not len(arrived)
+            return {"action": "wait", "examples": len(examples),
+                    "done": bool(getattr(self.stream, "done", False))}
+        self._idle = False
         self._pending = []
         self.state["round"] += 1
         examples = self._valid(examples)

@@ -12,6 +12,10 @@ examples.
   read once, in name order (write a file elsewhere and rename it in, so a half-written one is
   never read).
 - :class:`IterableStream`: any iterable of ``(x, y)`` batches; ``done`` once it is exhausted.
+
+Examples whose label cannot be learned (not a number; for the log, also a label for a request
+it does not hold) are dropped where they are read, with one line each in the stream's ``notes``,
+which the loop logs as ``dropped`` events; the stream goes on.
 """
 
 from __future__ import annotations
@@ -56,20 +60,37 @@ class Examples:
                         None if self.versions is None else self.versions[index])
 
 
-def _labels(values: list[Any], where: str) -> np.ndarray:
-    try:
-        y = np.asarray(values, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError):
-        bad = next((v for v in values if not isinstance(v, int | float)), values[0])
-        raise TfprodError(f"{where}: label {bad!r} is not a number; the online loop learns "
-                          "integer class labels (send them to :feedback as numbers)") from None
+def _labels(values: list[Any], where: str, notes: list[dict[str, Any]]
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """``(labels, kept)``: the labels that are numbers (integers when all are whole), and the
+    index of those among ``values``; the others are dropped with a note (one line)."""
+    values = list(values)
+    array = np.asarray(values) if values else np.zeros((0,), np.int64)
+    if array.dtype.kind in "iuf" and array.ndim == 1:
+        y, kept = array.astype(np.float64), np.arange(len(values))
+    else:
+        ok = [isinstance(v, int | float | np.integer | np.floating)
+              and not isinstance(v, bool | np.bool_) for v in values]
+        kept = np.flatnonzero(ok)
+        y = np.asarray([float(values[i]) for i in kept], np.float64)
+        bad = [v.item() if isinstance(v, np.generic) else v for v, good in zip(
+            values, ok, strict=True) if not good]
+        notes.append({"examples": len(bad), "reason": f"{where}: label(s) "
+                      f"{', '.join(repr(v) for v in bad[:3])}{' ...' if len(bad) > 3 else ''} "
+                      "are not numbers; the online loop learns integer class labels (send them to "
+                      ":feedback as numbers); those examples are not learned"})
     if np.all(np.isfinite(y)) and np.all(y == np.round(y)):
-        return y.astype(np.int64)
-    return y
+        return y.astype(np.int64), kept
+    return y, kept
 
 
 class LogStream:
     """Labelled requests from the request log of ``tfprod serve``.
+
+    A label that is not a number, a request whose labels do not match its instances, and a
+    label for a request id the log does not hold are dropped, each with one line in
+    :attr:`notes` (the loop logs them as ``dropped`` events), and the stream goes on. The log
+    never ends: when it stops growing, :meth:`poll` returns nothing and the loop waits.
 
     Args:
         url: the log (a SQLite path, ``sqlite:///...`` or ``postgresql://...``).
@@ -78,42 +99,66 @@ class LogStream:
     """
 
     def __init__(self, url: str, model: str, *, after: float | None = None):
-        from tfprod.monitor.store import open_store
+        from tfprod.monitor.store import open_store, redact
 
         self.url, self.model, self.after = url, model, after
+        self.after_row: int | None = None  # the log row of the last label, at time ``after``
+        self.where = f"request log {redact(url)}, model {model!r}"
         self.store = open_store(url, create=False)
         self.done = False
+        self.notes: list[dict[str, Any]] = []
 
     def poll(self, limit: int | None = None) -> Examples:
         """Requests whose label arrived since the last poll (at most ``limit``), oldest label
         first; a request of several instances gives one example per instance."""
-        found = self.store.read_labelled(self.model, after=self.after, limit=limit)
+        found = self.store.read_labelled(self.model, after=self.after,
+                                         after_row=self.after_row, limit=limit)
+        # labels for requests the log does not hold, up to the last label read (a label at
+        # the same time as the cursor's was reported with it)
+        orphans = self.store.unmatched_feedback(self.model, after=self.after,
+                                                until=found[-1][1] if found else None)
+        if orphans:
+            ids = [rid for rid, _ in orphans]
+            self.notes.append({"examples": len(ids), "reason": f"{self.where}: label(s) for "
+                               f"request id(s) {', '.join(repr(i) for i in ids[:3])}"
+                               f"{' ...' if len(ids) > 3 else ''} the log does not hold (not "
+                               "served by this model, left out by sampling_rate, or deleted); "
+                               "not learned"})
+        if found:
+            self.after, self.after_row = found[-1][1], found[-1][2]
+        elif orphans:
+            self.after, self.after_row = orphans[-1][1], None
         if not found:
             return Examples({}, np.zeros((0,), np.int64))
-        self.after = max(t for _, t in found)
         # A request a shadow version also answered is logged twice under one id: learn it once.
         seen: set[str] = set()
-        records = [r for r, _ in found if not (r.request_id in seen or seen.add(r.request_id))]
+        records = [r for r, _, _ in found if not (r.request_id in seen or seen.add(r.request_id))]
         names = [k for k in records[0].inputs if all(k in r.inputs for r in records)]
-        x = {k: np.concatenate([r.inputs[k] for r in records]) for k in names}
-        values, ids, versions = [], [], []
+        values, ids, versions, rows = [], [], [], []
         for r in records:
             label = r.label if isinstance(r.label, list) else [r.label] * r.rows
             if len(label) != r.rows:
-                raise TfprodError(f"request {r.request_id!r} of model {self.model!r} has "
-                                  f"{r.rows} instances and {len(label)} labels; send one label "
-                                  "per instance (or one for all)")
+                self.notes.append({"examples": r.rows, "reason": f"{self.where}: request "
+                                   f"{r.request_id!r} has {r.rows} instances and {len(label)} "
+                                   "labels; send one label per instance (or one for all); "
+                                   "not learned"})
+                continue
+            rows.append(r)
             values.extend(label)
             ids.extend([r.request_id] * r.rows)
             versions.extend([r.version] * r.rows)
-        y = _labels(values, f"request log {self.url}, model {self.model!r}")
-        return Examples(x, y, ids, np.asarray(versions))
+        if not rows:
+            return Examples({}, np.zeros((0,), np.int64))
+        x = {k: np.concatenate([r.inputs[k] for r in rows]) for k in names}
+        y, kept = _labels(values, self.where, self.notes)
+        return Examples({k: v[kept] for k, v in x.items()}, y, [ids[i] for i in kept],
+                        np.asarray(versions)[kept])
 
     def state(self) -> dict[str, Any]:
-        return {"after": self.after}
+        return {"after": self.after, "after_row": self.after_row}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self.after = state.get("after")
+        self.after, self.after_row = state.get("after"), state.get("after_row")
 
     def close(self) -> None:
         self.store.close()
@@ -135,6 +180,7 @@ class FolderStream:
                               "TFRecord files arrive in")
         self.seen: set[str] = set()
         self.done = False
+        self.notes: list[dict[str, Any]] = []
 
     def poll(self, limit: int | None = None) -> Examples:
         from tfprod.monitor.datasets import load_dataset
@@ -152,7 +198,9 @@ class FolderStream:
             if labels is None:
                 raise TfprodError(f"{path}: no labels; a .npz needs a 'labels' array, a CSV or "
                                   f"TFRecord folder a {self.label!r} column")
-            parts.append(Examples(dict(data.features), _labels(list(labels), path)))
+            y, kept = _labels(list(labels), path, self.notes)
+            parts.append(Examples({k: np.asarray(v)[kept] for k, v in data.features.items()},
+                                  y))
             self.seen.add(name)
             if limit is not None and sum(len(p) for p in parts) >= limit:
                 break
@@ -174,6 +222,7 @@ class IterableStream:
         self.name = name
         self.done = False
         self.batches = 0
+        self.notes: list[dict[str, Any]] = []
 
     def poll(self, limit: int | None = None) -> Examples:
         """The next batch; empty and ``done`` once the iterable stops."""
@@ -189,7 +238,8 @@ class IterableStream:
         x = {k: np.asarray(v) for k, v in x.items()} if isinstance(x, dict) else \
             {self.name: np.asarray(x)}
         self.batches += 1
-        return Examples(x, _labels(list(np.asarray(y).reshape(-1)), f"batch {self.batches}"))
+        y, kept = _labels(list(np.asarray(y).reshape(-1)), f"batch {self.batches}", self.notes)
+        return Examples({k: v[kept] for k, v in x.items()}, y)
 
     def state(self) -> dict[str, Any]:
         return {"batches": self.batches}
