@@ -61,6 +61,23 @@ def logged(tmp: Path, name: str) -> int:
         return int(db.execute("SELECT COUNT(*) FROM request_log").fetchone()[0])
 
 
+def print_profile(profile: dict) -> None:
+    """Server CPU per small request by activity, log-off beside log-on (py-spy)."""
+    table = Table(title="Server CPU per small request (py-spy, c=64, 1 instance)")
+    table.add_column("activity")
+    for name in profile:
+        table.add_column(f"{name} us")
+    kinds = sorted({k for p in profile.values() for k in p["us"]},
+                   key=lambda k: -max(p["us"].get(k, 0.0) for p in profile.values()))
+    for kind in kinds:
+        table.add_row(kind, *(f"{p['us'].get(kind, 0.0):.1f}" for p in profile.values()))
+    table.add_row("total", *(f"{p['cpu_us']:.1f}" for p in profile.values()))
+    sv.console.print(table)
+    for name, p in profile.items():
+        sv.console.print(f"{name} threads: " + ", ".join(
+            f"{t} {share:.0%}" for t, share in p["threads"].items()))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10)
@@ -69,6 +86,8 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=5.0)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile-seconds", type=int, default=0,
+                        help="then py-spy log-off and log-on under the small load this long")
     add_machine_args(parser)
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -95,6 +114,9 @@ def main() -> int:
         runs = sv.measure(servers, wrk, scripts, LOADS, argparse.Namespace(
             repeats=args.repeats, warmup=args.warmup, duration=args.duration), 64)
         load_end = list(os.getloadavg())
+        profile = sv.profile_servers(servers, wrk, scripts[sv.SMALL[-1].name],
+                                     args.profile_seconds, tmp, names=NAMES[:2]) \
+            if args.profile_seconds else {}
         completed = {s.name: sum(r.requests for ld in runs[s.name].values() for r in ld)
                      for s in servers}
     finally:
@@ -128,13 +150,16 @@ def main() -> int:
     console.print(f"log+drift / log-on throughput: {drift_cost}")
     console.print(f"requests completed (incl. warm-up runs not counted by wrk: logged may be "
                   f"more): {completed}; rows in the logs: {counts}")
+    if profile:
+        print_profile(profile)
     info = machine_info()
     console.print(f"load average at start: {load_start}, end: {load_end}; machine: {info}")
     if args.json:
         args.json.write_text(json.dumps({"machine": info, "load_start": load_start,
                                          "load_end": load_end,
                                          "results": results, "drift_cost": drift_cost,
-                                         "logged": counts, "completed": completed}, indent=1))
+                                         "logged": counts, "completed": completed,
+                                         "profile": profile}, indent=1))
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

