@@ -458,7 +458,7 @@ class ModelRegistry:
         answer): the shadow's answer goes to ``hooks.on_predict`` under the same request id
         (so feedback labels both), never to the client. The copy runs on the shadow thread; a
         shadow that fails, or is so slow that its queue is full, loses the copy (counted in
-        ``:tfprod:rollout:shadow_dropped``) and nothing else."""
+        ``:tfprod:rollout:shadow_copies{outcome="dropped"}``) and nothing else."""
         shadow = self.shadow(served.name, served)
         if shadow is None:
             return
