@@ -114,7 +114,7 @@ def main() -> int:
         runs = sv.measure(servers, wrk, scripts, LOADS, argparse.Namespace(
             repeats=args.repeats, warmup=args.warmup, duration=args.duration), 64)
         load_end = list(os.getloadavg())
-        profile = sv.profile_servers(servers, wrk, scripts[sv.SMALL[-1].name],
+        profile = sv.profile_servers(servers, wrk, scripts[1],
                                      args.profile_seconds, tmp, names=NAMES[:2]) \
             if args.profile_seconds else {}
         completed = {s.name: sum(r.requests for ld in runs[s.name].values() for r in ld)

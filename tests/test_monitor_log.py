@@ -188,3 +188,23 @@ def test_bad_stores_get_one_line(tmp_path):
         open_store("mysql://x/y")
     with pytest.raises(TfprodError, match="no request log there"):
         open_store(str(tmp_path / "missing.db"), create=False)
+
+
+def test_encode_many_equals_encoding_each_record():
+    """The batch encoder of the log writer gives the same bytes as one record at a time, for a
+    shared layout (the fast path) and for mixed ones (the fallback)."""
+    from tfprod.monitor.records import decode_tensors, encode_many, encode_tensors
+
+    rng = np.random.default_rng(0)
+    same = [{"image": rng.random((1, 8, 8, 1), dtype=np.float32),
+             "ids": np.arange(3, dtype=">i8")[None]} for _ in range(20)]
+    mixed = same[:9] + [{"image": rng.random((2, 8, 8, 1), dtype=np.float32),
+                         "ids": np.arange(3)[None]}]
+    text = [{"text": np.array([b"a", "b\u00e9"], dtype=object)} for _ in range(10)]
+    for records in (same, mixed, text, same[:3], []):
+        blobs = encode_many(records)
+        assert blobs == [encode_tensors(r) for r in records]
+    for blob, r in zip(encode_many(same), same, strict=True):
+        back = decode_tensors(blob)
+        np.testing.assert_array_equal(back["image"], r["image"])
+        np.testing.assert_array_equal(back["ids"], r["ids"])

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from tfprod.errors import TfprodError
-from tfprod.monitor.records import LogRecord, decode_tensors, encode_tensors
+from tfprod.monitor.records import LogRecord, decode_tensors, encode_many
 
 _COLUMNS = "request_id, time, model, version, signature, latency_ms, inputs, outputs"
 _ROWS_PER_INSERT = 128  # 1,024 parameters: under SQLite's 32,766 and PostgreSQL's 65,535
@@ -75,13 +75,15 @@ class Store:
         event loop traded the GIL thousands of times a second); and a chunk is small enough
         that encoding it holds the GIL for a fraction of a millisecond, not the whole batch's
         worth, which the event loop would wait out (the p99 of logged requests)."""
-        blob, encode = self.blob, encode_tensors
+        blob = self.blob
         for start in range(0, len(records), _ROWS_PER_INSERT):
             chunk = records[start:start + _ROWS_PER_INSERT]
+            inputs = encode_many([r.inputs for r in chunk])
+            outputs = encode_many([r.outputs for r in chunk])
             params: list[Any] = []
-            for r in chunk:
+            for r, x, y in zip(chunk, inputs, outputs, strict=True):
                 params += (r.request_id, r.time, r.model, r.version, r.signature, r.latency_ms,
-                           blob(encode(r.inputs)), blob(encode(r.outputs)))
+                           blob(x), blob(y))
             yield _insert_sql(len(chunk), self.placeholder), params
 
     def _insert(self, statements: Iterator[tuple[str, list[Any]]]) -> None:

@@ -23,7 +23,9 @@ MAX_REQUEST_ID = 128
 
 def new_request_id() -> str:
     """A request id unique across processes and replicas (random prefix + counter)."""
-    return f"{_PREFIX}-{next(_COUNTER):x}"
+    # Fixed width: ids sort in the order they were made, so the log's request-id index grows
+    # at its end instead of splitting pages all over (0x10 sorted before 0x9).
+    return f"{_PREFIX}-{next(_COUNTER):012x}"
 
 
 def request_id(given: bytes | str | None) -> str:
