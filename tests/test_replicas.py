@@ -24,6 +24,7 @@ import pytest
 from cluster import METRICS, LoadLoop, Replica, get, metric
 from rest_serving import TFPROD
 from tfprod.monitor.store import open_store
+from waiting import wait_until
 
 MODEL = "replica"
 X = np.array([[0.5, -1.0, 2.0, 0.25]], np.float32)
@@ -106,16 +107,6 @@ def _logged_ids(store, tag):
     return {r.request_id for r in store.read(MODEL) if r.request_id.startswith(tag + "-")}
 
 
-def _wait(fn, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _answer(cluster):
     status, body = _post(cluster["nginx"].url)
     assert status == 200, body
@@ -157,7 +148,7 @@ def test_replicas_share_one_postgres_log_and_the_report_sees_the_union(cluster, 
     assert sum(served) == len(ok) and min(served) > 0.2 * len(ok), served
     store = open_store(pg.url, create=False)
     try:
-        _wait(lambda: _logged_ids(store, "union") == ok, what="every request in the log")
+        wait_until(lambda: _logged_ids(store, "union") == ok, what="every request in the log")
         assert store.count(MODEL) == len(ok)  # nothing twice, nothing from elsewhere
     finally:
         store.close()
@@ -183,7 +174,7 @@ def test_rolling_update_under_load_with_a_new_version_loses_nothing(cluster):
             url = f"http://127.0.0.1:{replica.rest_port}"
             os.kill(replica.pid, signal.SIGTERM)
             # Readiness turns 503 first, while the replica still answers predicts.
-            status, body = _wait(lambda url=url: (lambda a: a if a[0] == 503 else None)(
+            status, body = wait_until(lambda url=url: (lambda a: a if a[0] == 503 else None)(
                 get(url, "/v1/ready", timeout=2)), timeout=5, what="readiness 503")
             assert b"shutting down" in body
             assert _post(url)[0] == 200
@@ -195,8 +186,8 @@ def test_rolling_update_under_load_with_a_new_version_loses_nothing(cluster):
             _restart(replica)
             load.wait_requests(200)
         roll_end = time.monotonic()
-        _wait(lambda: all(np.allclose(_answer(cluster), cluster["v2"], atol=1e-5)
-                          for _ in range(6)), what="version 2 on both replicas")
+        wait_until(lambda: all(np.allclose(_answer(cluster), cluster["v2"], atol=1e-5)
+                               for _ in range(6)), what="version 2 on both replicas")
     finally:
         load.stop()
     assert load.failures == [], load.failures[:5]
@@ -248,8 +239,8 @@ def test_postgres_stopped_and_restarted_mid_run_loses_no_log_record(cluster):
     store = open_store(pg.url, create=False)
     try:
         # Records queued while PostgreSQL was down are written once it is back; none dropped.
-        _wait(lambda: _logged_ids(store, "pgdown") == ok, timeout=40,
-              what="the queued records in PostgreSQL")
+        wait_until(lambda: _logged_ids(store, "pgdown") == ok, timeout=40,
+                   what="the queued records in PostgreSQL")
     finally:
         store.close()
     assert sum(_replica_metric(r, ":tfprod:request_log:dropped") for r in replicas) == 0
@@ -264,15 +255,15 @@ def test_a_version_folder_deleted_while_serving(cluster):
     base = cluster["base"]
     if not (base / "2").exists():  # the rolling test did not run (-k): publish 2 now
         shutil.copytree(cluster["staged"], base / "2")
-        _wait(lambda: all(np.allclose(_answer(cluster), cluster["v2"], atol=1e-5)
-                          for _ in range(6)), what="version 2")
+        wait_until(lambda: all(np.allclose(_answer(cluster), cluster["v2"], atol=1e-5)
+                               for _ in range(6)), what="version 2")
     load = _load(cluster, "rmdir")
     try:
         load.wait_requests(100)
         shutil.rmtree(base / "2")  # the served version vanishes from disk
         # The previous version on disk takes over; no request fails meanwhile.
-        _wait(lambda: all(np.allclose(_answer(cluster), cluster["v1"], atol=1e-5)
-                          for _ in range(6)), what="version 1 back")
+        wait_until(lambda: all(np.allclose(_answer(cluster), cluster["v1"], atol=1e-5)
+                               for _ in range(6)), what="version 1 back")
         load.wait_requests(100)
     finally:
         load.stop()
@@ -282,8 +273,8 @@ def test_a_version_folder_deleted_while_serving(cluster):
         return {s["version"]: s["state"] for s in json.loads(body)["model_version_status"]}
 
     for r in cluster["replicas"]:  # the status API reports it: 1 AVAILABLE, 2 unloaded
-        _wait(lambda r=r: states(r).get("1") == "AVAILABLE" and
-              states(r).get("2") in (None, "END"), timeout=20, what="version 2 unloaded")
+        wait_until(lambda r=r: states(r).get("1") == "AVAILABLE" and
+                   states(r).get("2") in (None, "END"), timeout=20, what="version 2 unloaded")
 
 
 def test_a_slowloris_client_is_cut_off_and_others_are_unaffected(cluster):

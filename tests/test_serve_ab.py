@@ -29,6 +29,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from tfprod.errors import TfprodError
 from tfprod.serve.config import ConfigError, ModelSpec
 from tfprod.serve.split import WeightedSplit, check_ab_weights, parse_ab_weights
+from waiting import wait_until
 
 METRICS = "/monitoring/prometheus/metrics"
 WEIGHTS = {"a": 20.0, "b": 30.0, "c": 50.0}
@@ -202,16 +203,6 @@ def _metric(client, name, **labels):
     return total
 
 
-def _wait(fn, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("timed out")
-
-
 # ---------------------------------------------------------------------------- end to end
 
 
@@ -275,7 +266,7 @@ def test_ab_split_shares_stickiness_explicit_versions_and_per_arm_metrics(served
     records = len(split_only) + 2 * sum(1 for rid in again if rid in split_only)
     store = open_store(str(root / "requests.db"), create=False)
     try:
-        logged = _wait(lambda: (lambda got: got if len(got) == records else None)(
+        logged = wait_until(lambda: (lambda got: got if len(got) == records else None)(
             [(r.request_id, r.version) for r in store.read("ab") if r.request_id in split_only]))
     finally:
         store.close()
@@ -322,12 +313,12 @@ def test_grpc_shadow_answers_are_logged_and_never_returned(served, root):
                     if r.request_id in ids]
         # each copy costs the shadow 0.4 s on its own thread: the replies did not wait for it
         assert replies < 0.4 * len(ids) / 2, replies
-        found = _wait(lambda: (lambda got: got if len(got) == 2 * len(ids) else None)(logged()),
-                      timeout=60)
+        found = wait_until(
+            lambda: (lambda got: got if len(got) == 2 * len(ids) else None)(logged()), timeout=60)
         assert sorted(found) == sorted([(rid, 1) for rid in ids] + [(rid, 2) for rid in ids])
         assert _rest(client, "/v1/models/sh:predict", rid="rest-shadowed") == 1
-        _wait(lambda: sorted(r.version for r in store.read("sh")
-                             if r.request_id == "rest-shadowed") == [1, 2])
+        wait_until(lambda: sorted(r.version for r in store.read("sh")
+                                  if r.request_id == "rest-shadowed") == [1, 2])
         assert _metric(client, ":tfprod:rollout:shadow_copies", model_name="sh", version=2,
                        outcome="answered") == len(ids) + 1
         assert client.get("/v1/models/sh/rollout").json()["shadow"] == {
@@ -335,14 +326,14 @@ def test_grpc_shadow_answers_are_logged_and_never_returned(served, root):
 
         # the shadow label moves to version 3, which fails every call
         (root / "models.config").write_text(_config(root, VERSION, {"stable": 1, "shadow": 3}))
-        _wait(lambda: (client.get("/v1/models/sh/rollout").json()["shadow"] or {}).get(
+        wait_until(lambda: (client.get("/v1/models/sh/rollout").json()["shadow"] or {}).get(
             "version") == 3)
         failing = [f"failing-{i}" for i in range(6)]
         assert all(_grpc(stub, "sh", rid=rid)[0] == 1 for rid in failing)
-        _wait(lambda: _metric(client, ":tfprod:rollout:shadow_copies", model_name="sh",
-                              version=3, outcome="dropped") == len(failing))
-        _wait(lambda: sorted(r.request_id for r in store.read("sh")
-                             if r.request_id in failing) == sorted(failing))
+        wait_until(lambda: _metric(client, ":tfprod:rollout:shadow_copies", model_name="sh",
+                                   version=3, outcome="dropped") == len(failing))
+        wait_until(lambda: sorted(r.request_id for r in store.read("sh")
+                                  if r.request_id in failing) == sorted(failing))
         assert {r.version for r in store.read("sh") if r.request_id in failing} == {1}
     finally:
         store.close()
@@ -354,16 +345,16 @@ def test_a_bad_split_on_reload_keeps_the_previous_one(served, root):
     applied = _metric(client, ":tfprod:model_config:reload_errors")
     (root / "models.config").write_text(_config(root, {"a": 1, "b": 2}, {"stable": 1}))
     try:
-        _wait(lambda: _metric(client, ":tfprod:model_config:reload_errors") > applied)
+        wait_until(lambda: _metric(client, ":tfprod:model_config:reload_errors") > applied)
         assert _metric(client, ":tfprod:model_config:applied") == 0.0
         assert [a["arm"] for a in client.get("/v1/models/ab/rollout").json()["arms"]] == \
             ["a", "b", "c"]
         assert _rest(client, "/v1/models/ab/labels/c:predict") == 3
         log = pathlib.Path(served[0].log_path)
-        _wait(lambda: "has no version label 'c'" in log.read_text())
+        wait_until(lambda: "has no version label 'c'" in log.read_text())
     finally:
         (root / "models.config").write_text(good)
-    _wait(lambda: _metric(client, ":tfprod:model_config:applied") == 1.0)
+    wait_until(lambda: _metric(client, ":tfprod:model_config:applied") == 1.0)
 
 
 def test_bad_ab_flags_stop_the_server_before_it_listens(root):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -18,6 +17,7 @@ from serve_models import write_affine
 from tfprod.monitor.server import ServerMonitor
 from tfprod.monitor.store import claim_for_server, open_store, release
 from tfprod.serve.server import ModelServer, ServerOptions
+from waiting import wait_until
 
 BODY = {"instances": [[1.0, 2.0, 3.0]]}
 
@@ -40,16 +40,6 @@ def _server(tmp_path, hooks=None, logs=None, **options):
     return server, logs
 
 
-def _wait(fn, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_a_model_config_edited_to_nonsense_keeps_serving_and_is_exported(affine_base, tmp_path):
     config = tmp_path / "models.config"
     good = (f'model_config_list {{ config {{ name: "a" base_path: "{affine_base}" '
@@ -66,8 +56,8 @@ def test_a_model_config_edited_to_nonsense_keeps_serving_and_is_exported(affine_
 
             assert exported(":tfprod:model_config:applied") == 1.0
             config.write_text("model_config_list { config { name: 'a' base_path: ")
-            _wait(lambda: exported(":tfprod:model_config:reload_errors") == 1.0,
-                  what="the reload error counted")
+            wait_until(lambda: exported(":tfprod:model_config:reload_errors") == 1.0,
+                       what="the reload error counted")
             assert exported(":tfprod:model_config:applied") == 0.0
             line = next(m for m in logs if "not applied" in m)
             assert str(config) in line and "still serving the previous config" in line
@@ -75,7 +65,7 @@ def test_a_model_config_edited_to_nonsense_keeps_serving_and_is_exported(affine_
             assert r.status_code == 200 and r.json()["predictions"] == [[3.0, 5.0, 7.0]]
             assert server.registry.model_names() == ["a"]
             config.write_text(good.replace('"a"', '"b"'))  # fixed: applied again
-            _wait(lambda: exported(":tfprod:model_config:applied") == 1.0, what="applied")
+            wait_until(lambda: exported(":tfprod:model_config:applied") == 1.0, what="applied")
             assert server.registry.model_names() == ["b"]
             assert exported(":tfprod:model_config:reload_errors") == 1.0
     finally:
@@ -120,15 +110,15 @@ def test_a_full_disk_under_the_request_log_is_reported_and_requests_still_succee
                     r = c.post("/v1/models/affine:predict", json=BODY,
                                headers={"X-Request-Id": f"full-{i}"})
                     assert r.status_code == 200, r.text
-                _wait(lambda: exported(":tfprod:request_log:failing") == 1.0, what="failing")
+                wait_until(lambda: exported(":tfprod:request_log:failing") == 1.0, what="failing")
                 dropped = exported(":tfprod:request_log:dropped")
                 assert dropped > 0 and exported(":tfprod:request_log:errors") > 0
                 line = next(m for m in logs if "write failed" in m)
                 assert "full" in line and str(log) in line, line
                 # Space comes back: the kept records are written, the drops stay counted.
                 filler.unlink()
-                _wait(lambda: exported(":tfprod:request_log:pending") == 0.0, what="pending 0",
-                      timeout=30)
+                wait_until(lambda: exported(":tfprod:request_log:pending") == 0.0, what="pending 0",
+                           timeout=30)
                 assert exported(":tfprod:request_log:failing") == 0.0
                 store = open_store(str(log), create=False)
                 try:

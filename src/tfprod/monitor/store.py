@@ -40,6 +40,18 @@ def _insert_sql(rows: int, placeholder: str) -> str:
     return f"INSERT INTO request_log ({_COLUMNS}) VALUES {values}".replace("?", placeholder)
 
 
+# A logged request and its label, as read and read_labelled select them (see _record).
+_RECORD = ("r.request_id, r.time, r.model, r.version, r.signature, r.latency_ms, r.inputs, "
+           "r.outputs, f.label")
+
+
+def _record(rid: str, t: float, model: str, version: int, signature: str, latency_ms: float,
+            inputs: bytes, outputs: bytes, label: str | None) -> LogRecord:
+    return LogRecord(rid, float(t), model, int(version), signature, decode_tensors(inputs),
+                     decode_tensors(outputs), float(latency_ms),
+                     None if label is None else json.loads(label))
+
+
 def redact(url: str) -> str:
     """The URL without its password."""
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
@@ -123,18 +135,12 @@ class Store:
         if until is not None:
             where.append("r.time < ?")
             params.append(until)
-        sql = (f"SELECT r.request_id, r.time, r.model, r.version, r.signature, r.latency_ms, "
-               f"r.inputs, r.outputs, f.label FROM request_log r LEFT JOIN feedback f "
+        sql = (f"SELECT {_RECORD} FROM request_log r LEFT JOIN feedback f "
                f"ON f.request_id = r.request_id AND f.model = r.model"
                f"{' WHERE ' + ' AND '.join(where) if where else ''} ORDER BY r.time, r.id")
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        out = []
-        for rid, t, m, v, sig, lat, inputs, outputs, label in self._execute(self._q(sql), params):
-            out.append(LogRecord(rid, float(t), m, int(v), sig, decode_tensors(inputs),
-                                 decode_tensors(outputs), float(lat),
-                                 None if label is None else json.loads(label)))
-        return out
+        return [_record(*row) for row in self._execute(self._q(sql), params)]
 
     def read_labelled(self, model: str, *, after: float | None = None,
                       after_row: int | None = None, limit: int | None = None
@@ -151,17 +157,13 @@ class Store:
             else:
                 where.append("(f.time > ? OR (f.time = ? AND r.id > ?))")
                 params.extend([after, after, after_row])
-        sql = (f"SELECT r.request_id, r.time, r.model, r.version, r.signature, r.latency_ms, "
-               f"r.inputs, r.outputs, f.label, f.time, r.id FROM request_log r JOIN feedback f "
+        sql = (f"SELECT {_RECORD}, f.time, r.id FROM request_log r JOIN feedback f "
                f"ON f.request_id = r.request_id AND f.model = r.model "
                f"WHERE {' AND '.join(where)} ORDER BY f.time, r.id")
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        return [(LogRecord(rid, float(t), m, int(v), sig, decode_tensors(inputs),
-                           decode_tensors(outputs), float(lat), json.loads(label)), float(ft),
-                 int(row))
-                for rid, t, m, v, sig, lat, inputs, outputs, label, ft, row
-                in self._execute(self._q(sql), params)]
+        return [(_record(*row[:9]), float(row[9]), int(row[10]))
+                for row in self._execute(self._q(sql), params)]
 
     def unmatched_feedback(self, model: str, *, after: float | None = None,
                            until: float | None = None) -> list[tuple[str, float]]:
