@@ -358,3 +358,37 @@ def test_binned_path_equals_the_exact_one_within_its_bounds(monkeypatch):
     exact_report = detect_drift(ref, cur, multivariate="none")
     assert binned_report.drifted == exact_report.drifted
     assert set(binned_report.drifted) >= {"f0", "f1", "f2", "scale"}
+
+
+def test_binned_path_takes_more_bins_when_the_rows_ask_for_them(monkeypatch):
+    """Many rows tighten KS's tolerance (1/sqrt(n)) below what FINE_BINS give: a second, finer
+    histogram keeps the column on the linear path (10M rows a side used to fall back to the
+    sort here), within the same bounds; atoms still go to the exact path."""
+    rng = np.random.default_rng(5)
+    n = 300_000
+    a = rng.standard_normal(n).astype(np.float32)
+    b = (rng.standard_normal(n) + 0.05).astype(np.float32)
+    std = float(np.std(a))
+    monkeypatch.setattr(uni, "FINE_BINS", 1 << 10)  # too coarse for 300k rows, as 2^18 for 10M
+    assert not uni.binned_is_tight(uni.binned_cdfs(a, b, bins=uni.FINE_BINS), n, n, std)
+    tight = uni.tight_binned_cdfs(a, b, std)
+    assert tight is not None and len(tight.reference) > 1 << 10
+    assert uni.binned_is_tight(tight, n, n, std)
+    d, _, w = uni.ks_wasserstein(a, b)
+    assert d - tight.ks_error <= tight.ks <= d + 1e-12
+    assert abs(tight.wasserstein - w) <= tight.wasserstein_error
+    # Heavy tails (Student's t, 5 degrees of freedom) stretch the range: the first guess is
+    # too coarse and the second pass, with the bins the bounds ask for, is tight.
+    t5 = rng.standard_t(5, n).astype(np.float32)
+    t5b = (rng.standard_t(5, n) + 0.05).astype(np.float32)
+    first = uni.binned_cdfs(t5, t5b, bins=1 << 16)  # what the rows alone ask for: 2^16
+    assert not uni.binned_is_tight(first, n, n, float(np.std(t5)))
+    finer = uni.tight_binned_cdfs(t5, t5b, float(np.std(t5)))
+    assert finer is not None and len(finer.reference) > 1 << 16
+    d, _, w = uni.ks_wasserstein(t5, t5b)
+    assert d - finer.ks_error <= finer.ks <= d + 1e-12
+    monkeypatch.setattr(uni, "MAX_FINE_BINS", 1 << 17)  # a cap the bounds cannot meet: sort
+    assert uni.tight_binned_cdfs(t5, t5b, float(np.std(t5))) is None
+    ints = rng.poisson(3, n).astype(np.float64)
+    assert uni.tight_binned_cdfs(ints, rng.poisson(3, n).astype(np.float64),
+                                 float(np.std(ints))) is None

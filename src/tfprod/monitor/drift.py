@@ -40,8 +40,8 @@ def _numeric(column: str, test: str, a: np.ndarray, b: np.ndarray) -> FeatureDri
         return FeatureDrift(column, "numeric", test, float("nan"), None)
     std = float(np.std(a))
     if min(a.size, b.size) > uni.EXACT_MAX_ROWS:  # linear time where sorting is not
-        binned = uni.binned_cdfs(a, b)
-        if uni.binned_is_tight(binned, a.size, b.size, std):
+        binned = uni.tight_binned_cdfs(a, b, std)
+        if binned is not None:
             return _numeric_binned(column, test, a, b, std, binned)
     a, b = np.sort(a), np.sort(b)
     d, p, w = uni.ks_wasserstein(a, b, assume_sorted=True)

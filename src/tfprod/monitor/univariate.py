@@ -9,7 +9,8 @@ a family of p-values.
 
 Large samples (more than ``EXACT_MAX_ROWS`` a side): sorting is n log n and a column of 10M
 rows no longer fits a cache, so :func:`binned_cdfs` histograms both sides on ``FINE_BINS``
-equal-width bins instead (linear time) and reads KS and Wasserstein off the two cumulative
+equal-width bins instead (linear time; more bins when the rows are many, see
+:func:`tight_binned_cdfs`) and reads KS and Wasserstein off the two cumulative
 histograms, with a bound on each error: the KS statistic is off by at most the largest bin's
 mass, the Wasserstein distance by at most two bin widths. Where a bound is looser than stated
 (``BINNED_MAX_KS_ERROR`` in units of KS's standard error, ``BINNED_MAX_W_ERROR`` of the
@@ -39,6 +40,10 @@ _EPS = 1e-4
 #: Above this many rows on both sides numeric columns are compared on fine histograms.
 EXACT_MAX_ROWS = 1_000_000
 FINE_BINS = 1 << 18
+#: At most this many bins when the first histogram's bounds are too loose (10M rows a side
+#: need about 2^19 on a normal column: the KS bound tightens as 1/sqrt(n) and the bins' mass
+#: shrinks only as 1/bins).
+MAX_FINE_BINS = 1 << 22
 #: The binned KS statistic may be off by this many of its standard errors, 1/sqrt(n_eff).
 BINNED_MAX_KS_ERROR = 0.05
 #: The binned Wasserstein distance may be off by this share of the reference's std (1% of
@@ -183,6 +188,29 @@ def binned_is_tight(b: BinnedCdfs, n: int, m: int, std: float) -> bool:
     """Whether ``b``'s error bounds are within the stated tolerances for these sizes."""
     return (b.ks_error * np.sqrt(n * m / (n + m)) <= BINNED_MAX_KS_ERROR
             and b.wasserstein_error <= BINNED_MAX_W_ERROR * max(std, 1e-12))
+
+
+def tight_binned_cdfs(reference: np.ndarray, current: np.ndarray, std: float
+                      ) -> BinnedCdfs | None:
+    """:func:`binned_cdfs` on at least ``FINE_BINS`` bins, more for many rows, and once more on
+    as many as its bounds ask for if they are still too loose (up to ``MAX_FINE_BINS``; a bin's
+    mass and width shrink in proportion to the bins on a continuous column); None when even
+    that is too loose (atoms, outliers that stretch the range): sort instead."""
+    n, m = reference.size, current.size
+    # A normal column over its range (about 11 standard deviations at 10M rows) puts 4.4/bins of
+    # its mass in its fullest bin, and the KS bound asks for 0.05/sqrt(n_eff): so start at
+    # 128 sqrt(n_eff) bins (2^18 up to 4M rows a side, 2^19 at 10M) rather than find out.
+    first = max(FINE_BINS, 1 << int(np.ceil(np.log2(128 * np.sqrt(n * m / (n + m))))))
+    b = binned_cdfs(reference, current, bins=min(first, MAX_FINE_BINS))
+    if binned_is_tight(b, n, m, std):
+        return b
+    factor = max(b.ks_error * np.sqrt(n * m / (n + m)) / BINNED_MAX_KS_ERROR,
+                 b.wasserstein_error / (BINNED_MAX_W_ERROR * max(std, 1e-12)))
+    bins = len(b.reference) << max(int(np.ceil(np.log2(1.5 * factor))), 1)
+    if bins > MAX_FINE_BINS:
+        return None
+    b = binned_cdfs(reference, current, bins=bins)
+    return b if binned_is_tight(b, n, m, std) else None
 
 
 #: Above this effective sample size the limiting Kolmogorov distribution replaces ``kstwo``
