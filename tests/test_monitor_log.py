@@ -1,6 +1,8 @@
 """The request log: exact round trips in SQLite and a real PostgreSQL, the writer's bounded
 queue (drops counted, never silent), reconnection when PostgreSQL goes away, feedback joins."""
 
+import os
+import signal
 import threading
 import time
 
@@ -16,6 +18,8 @@ from tfprod.monitor.records import (
 )
 from tfprod.monitor.store import open_store, records_to_dataset
 from tfprod.monitor.writer import LogWriter
+from tfprod.monitor.writer_process import ProcessLogWriter
+from waiting import wait_until
 
 
 def _record(i, rows=2):
@@ -140,18 +144,22 @@ def test_a_slow_store_drops_beyond_capacity_and_counts_them(tmp_path):
     accepted = sum(writer.submit(_record(i, rows=1)) for i in range(50))
     assert time.perf_counter() - start < 0.5  # the request path never waits for the store
     assert accepted == 10 and writer.dropped == 40 and writer.pending == 10
-    assert writer.is_pending("req-0")
     gate.set()
     assert writer.flush(30)
     writer.close()
     assert open_store(url).count() == 10 and writer.written == 10
 
 
-def test_writer_survives_postgres_going_away_and_loses_nothing(postgres):
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_writer_survives_postgres_going_away_and_loses_nothing(postgres, kind):
     _empty(postgres.url)
     events = []
-    writer = LogWriter(lambda: open_store(postgres.url), capacity=1000, batch_size=16,
-                       flush_interval=0.02, log=events.append, url=postgres.url)
+    if kind == "thread":
+        writer = LogWriter(lambda: open_store(postgres.url), capacity=1000, batch_size=16,
+                           flush_interval=0.02, log=events.append, url=postgres.url)
+    else:
+        writer = ProcessLogWriter(postgres.url, capacity=1000, batch_size=16,
+                                  flush_interval=0.02, log=events.append)
     for i in range(100):
         writer.submit(_record(i, rows=1))
     assert writer.flush(30)
@@ -159,17 +167,70 @@ def test_writer_survives_postgres_going_away_and_loses_nothing(postgres):
     try:
         for i in range(100, 150):
             assert writer.submit(_record(i, rows=1))
-        deadline = time.monotonic() + 20
-        while not writer.errors and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert writer.errors and writer.pending == 50
+        wait_until(lambda: writer.errors and writer.failing, timeout=20, what="a failed write")
+        assert writer.pending == 50
     finally:
         postgres.start()
     assert writer.flush(60)
-    writer.close()
+    assert writer.close()
     assert open_store(postgres.url).count() == 150
     assert any("write failed" in e for e in events) and any("reconnected" in e for e in events)
-    assert all("\n" not in e for e in events)
+    assert all("\n" not in e for e in events) and all("secret" not in e for e in events)
+
+
+def test_writer_process_round_trips_exactly_and_ends_with_close(tmp_path):
+    url = str(tmp_path / "log.db")
+    events = []
+    writer = ProcessLogWriter(url, capacity=1000, batch_size=64, log=events.append)
+    pid = writer.pid
+    assert pid is not None and pid != os.getpid()
+    records = [_record(i, rows=1 + i % 3) for i in range(300)]
+    try:
+        assert all(writer.submit(r) for r in records)
+        assert writer.flush(30)
+        assert (writer.written, writer.pending, writer.dropped) == (300, 0, 0)
+    finally:
+        assert writer.close(30)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # the writer process ended and was reaped
+    got = open_store(url, create=False).read()
+    assert [r.request_id for r in got] == [r.request_id for r in records]
+    for want, have in zip(records, got, strict=True):
+        assert (have.time, have.version, have.latency_ms) == (want.time, want.version,
+                                                              want.latency_ms)
+        _same(want.inputs, have.inputs)
+        _same(want.outputs, have.outputs)
+    assert events == []
+
+
+def test_a_writer_process_that_dies_is_replaced_and_what_it_held_is_counted(tmp_path):
+    url = str(tmp_path / "log.db")
+    events = []
+    # Batches wait up to a minute: records stay in the writer process until a flush.
+    writer = ProcessLogWriter(url, capacity=1000, batch_size=10_000, flush_interval=60,
+                              log=events.append)
+    try:
+        for i in range(100):
+            writer.submit(_record(i, rows=1))
+        assert writer.flush(30) and writer.written == 100
+        for i in range(100, 150):
+            writer.submit(_record(i, rows=1))
+        first = writer.pid
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: writer.dropped == 50 and writer.pid != first, timeout=20,
+                   what="the 50 held records counted and a new writer process")
+        assert writer.pending == 0
+        for i in range(150, 180):
+            assert writer.submit(_record(i, rows=1))
+        assert writer.flush(30)
+        assert (writer.written, writer.dropped, writer.pending) == (130, 50, 0)
+    finally:
+        writer.close(30)
+    store = open_store(url, create=False)
+    ids = [r.request_id for r in store.read()]
+    assert ids == [f"req-{i}" for i in [*range(100), *range(150, 180)]]
+    [line] = events
+    assert f"writer process {first} exited" in line and "50 records" in line, line
 
 
 def test_bad_stores_get_one_line(tmp_path):

@@ -14,6 +14,7 @@ import pytest
 from rest_serving import TFPROD
 from tfprod.monitor.store import open_store
 from tfprod.serve.process import ServerProcess
+from waiting import wait_until
 
 METRICS = "/monitoring/prometheus/metrics"
 
@@ -200,12 +201,21 @@ def test_monitor_report_reads_the_log(served, tiny_base, tmp_path):
     assert empty.returncode == 2 and "no logged requests of model 'other'" in empty.stderr
 
 
-def test_sigkill_loses_at_most_the_buffer(tiny_base, tmp_path):
-    """Everything not dropped (and counted) while the server lived is in the log after a
-    SIGKILL, except at most the buffer's records still waiting to be written."""
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie nobody reaped yet has finished)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def test_sigkill_loses_nothing_the_writer_process_was_handed(tiny_base, tmp_path):
+    """After a SIGKILL of the server its writer process commits what the pipe holds and ends:
+    everything not dropped (and counted) while the server lived is in the log."""
     log = tmp_path / "killed.db"
     server = ServerProcess("tiny", tiny_base, log=tmp_path / "serve.log", flags=[
-        f"--request_log={log}", "--request_log_buffer=16", "--monitoring_interval_seconds=0",
+        f"--request_log={log}", "--request_log_buffer=1000", "--monitoring_interval_seconds=0",
         "--file_system_poll_wait_seconds=0"]).start()
     try:
         x, _ = _data(np.random.default_rng(4), 1)
@@ -213,14 +223,18 @@ def test_sigkill_loses_at_most_the_buffer(tiny_base, tmp_path):
             for i in range(300):
                 _predict(client, x, rid=f"k{i}")
             stats = client.get("/v1/models/tiny/monitor").json()["request_log"]
+        time.sleep(0.05)  # past the pump interval (10 ms), inside the flush interval (0.2 s)
         os.kill(server.proc.pid, signal.SIGKILL)
         server.proc.wait(10)
+        assert stats["writer_pid"] not in (None, server.proc.pid)
+        wait_until(lambda: not _running(stats["writer_pid"]), timeout=40,
+                   what="the writer process to commit and end")
     finally:
         server.stop()
     store = open_store(str(log), create=False)
     logged = store.count()
-    assert logged >= stats["written"]
-    assert 300 - stats["dropped"] - 16 <= logged <= 300 - stats["dropped"]
+    assert stats["dropped"] == 0 and logged == 300
+    print(f"committed when killed: {stats['written']}; after: {logged}")
     assert all(r.inputs["x"].shape == (1, 4) for r in store.read(limit=50))
 
 

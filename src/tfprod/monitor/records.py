@@ -56,8 +56,20 @@ def _text_bytes(v: Any) -> bytes:
     return v if isinstance(v, bytes) else str(v).encode("utf-8")
 
 
+_HEADS: dict[tuple, bytes] = {}  # numeric layout -> its encoded header (see encode_tensors)
+
+
 def encode_tensors(tensors: dict[str, Any]) -> bytes:
-    """``{name: array}`` -> one blob (see the module docstring)."""
+    """``{name: array}`` -> one blob (see the module docstring). The header of a numeric layout
+    (names, dtypes, shapes) is kept once encoded, so a served model's requests of one size cost
+    a ``tobytes`` per tensor and one join."""
+    try:
+        layout = tuple([(name, v.dtype.str, v.shape) for name, v in tensors.items()])
+    except AttributeError:  # not all numpy arrays
+        layout = None
+    head = _HEADS.get(layout) if layout is not None else None
+    if head is not None:
+        return b"".join([head, *[v.tobytes() for v in tensors.values()]])
     header, chunks = [], []
     for name, value in tensors.items():
         a = np.asarray(value)
@@ -71,7 +83,13 @@ def encode_tensors(tensors: dict[str, Any]) -> bytes:
             header.append([name, a.dtype.str[1:], a.shape, len(data)])
         chunks.append(data)
     head = orjson.dumps(header)
-    return _LEN.pack(len(head)) + head + b"".join(chunks)
+    head = _LEN.pack(len(head)) + head
+    if layout is not None and all(dtype[0] in "<|" and dtype[1] not in "OSU"
+                                  for _, dtype, _ in layout):
+        if len(_HEADS) >= 1024:
+            _HEADS.clear()
+        _HEADS[layout] = head
+    return b"".join([head, *chunks])
 
 
 def encode_many(tensors: list[dict[str, Any]]) -> list[bytes]:

@@ -3,8 +3,9 @@
 Attached to the server as its :class:`~tfprod.serve.hooks.ServingHooks`:
 
 - every finished predict of a logged model is sampled (``sampling_rate``) and queued to that
-  model's :class:`~tfprod.monitor.writer.LogWriter` (SQLite or PostgreSQL), and kept in a recent
-  window in memory (the last ``window_rows`` rows);
+  model's :class:`~tfprod.monitor.writer_process.ProcessLogWriter` (SQLite or PostgreSQL,
+  written by a process of its own), and kept in a recent window in memory (the last
+  ``window_rows`` rows);
 - a background thread compares the window with the served version's reference sample every
   ``interval_s`` seconds (:func:`~tfprod.monitor.detect_drift`, with the model's ``embedding``
   signature when it has one) and publishes it as Prometheus gauges next to TF Serving's metrics
@@ -35,7 +36,7 @@ import orjson
 from tfprod.errors import TfprodError
 from tfprod.monitor.records import LogRecord
 from tfprod.monitor.store import Store, claim_for_server, open_store, release
-from tfprod.monitor.writer import LogWriter
+from tfprod.monitor.writer_process import ProcessLogWriter
 
 Log = Callable[[str], None]
 MIN_ROWS = 50
@@ -45,7 +46,7 @@ _LABEL_TYPES = (int, float, str, bool)
 @dataclass
 class _Model:
     name: str
-    writer: LogWriter
+    writer: ProcessLogWriter
     url: str
     sampling_rate: float
     window: deque = field(default_factory=deque)
@@ -72,7 +73,7 @@ class ServerMonitor:
                  window_rows: int = 5000, capacity: int = 10_000, log: Log | None = None):
         self.log: Log = log or (lambda _m: None)
         self.interval_s, self.window_rows = interval_s, window_rows
-        self._writers: dict[str, LogWriter] = {}
+        self._writers: dict[str, ProcessLogWriter] = {}
         self._stores: dict[str, Store] = {}
         self.models: dict[str, _Model] = {}
         self._claims: list[str | None] = []
@@ -82,8 +83,8 @@ class ServerMonitor:
             open_store(url).close()  # fail at start, in one line, when the store is unusable
             writer = self._writers.get(url)
             if writer is None:
-                writer = self._writers[url] = LogWriter(
-                    lambda url=url: open_store(url), capacity=capacity, log=self.log, url=url)
+                writer = self._writers[url] = ProcessLogWriter(url, capacity=capacity,
+                                                               log=self.log)
             self.models[name] = _Model(name, writer, url, rate)
         self.registry: Any = None
         self._lock = threading.Lock()
@@ -133,10 +134,12 @@ class ServerMonitor:
                     f"label {label!r} of request {rid!r} is not a class index; model {model!r} "
                     f"was trained on integer labels 0..{classes - 1}; nothing was stored")
         ids = [rid for rid, _ in items]
-        if any(m.writer.is_pending(rid) for rid in ids):
-            m.writer.flush(10)
         store = self._store(m.url)
-        unknown = sorted(set(ids) - store.known_ids(model, ids))
+        unknown = set(ids) - store.known_ids(model, ids)
+        if unknown and m.writer.pending:  # logged but not yet committed?
+            m.writer.flush(10)
+            unknown -= store.known_ids(model, sorted(unknown))
+        unknown = sorted(unknown)
         if unknown:
             shown = ", ".join(repr(u) for u in unknown[:3]) + (" ..." if len(unknown) > 3 else "")
             raise not_found(f"unknown request id(s) {shown} for model {model!r}: ids come from "

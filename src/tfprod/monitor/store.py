@@ -22,7 +22,7 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -38,6 +38,18 @@ _ROWS_PER_INSERT = 128  # 1,024 parameters: under SQLite's 32,766 and PostgreSQL
 def _insert_sql(rows: int, placeholder: str) -> str:
     values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
     return f"INSERT INTO request_log ({_COLUMNS}) VALUES {values}".replace("?", placeholder)
+
+
+# One request_log row as inserted: request id, time, model, version, signature, latency (ms),
+# inputs and outputs encoded by tfprod.monitor.records.encode_tensors.
+Row = tuple[str, float, str, int, str, float, bytes, bytes]
+
+
+def _encoded_rows(records: list[LogRecord]) -> list[Row]:
+    inputs = encode_many([r.inputs for r in records])
+    outputs = encode_many([r.outputs for r in records])
+    return [(r.request_id, r.time, r.model, r.version, r.signature, r.latency_ms, x, y)
+            for r, x, y in zip(records, inputs, outputs, strict=True)]
 
 
 # A logged request and its label, as read and read_labelled select them (see _record).
@@ -77,26 +89,28 @@ class Store:
     def write(self, records: Iterable[LogRecord]) -> int:
         """Insert ``records`` in one transaction; returns how many."""
         records = list(records)
-        self._insert(self._insert_statements(records))
+        self._insert(self._insert_statements(records, _encoded_rows))
         return len(records)
 
-    def _insert_statements(self, records: list[LogRecord]) -> Iterator[tuple[str, list[Any]]]:
-        """Multi-row INSERTs of at most ``_ROWS_PER_INSERT`` rows, each encoded just before it
-        runs. The database runs a statement without the GIL, so a chunk costs one hand-over of
-        the GIL, not one per row (with one row per statement the writer thread and the server's
-        event loop traded the GIL thousands of times a second); and a chunk is small enough
-        that encoding it holds the GIL for a fraction of a millisecond, not the whole batch's
-        worth, which the event loop would wait out (the p99 of logged requests)."""
+    def write_rows(self, rows: Sequence[Row]) -> int:
+        """Insert rows already encoded (see :data:`Row`) in one transaction; returns how many.
+        The request log's writer process receives rows in this form."""
+        self._insert(self._insert_statements(list(rows), list))
+        return len(rows)
+
+    def _insert_statements(self, items: list, encode: Callable[[list], list[Row]]
+                           ) -> Iterator[tuple[str, list[Any]]]:
+        """Multi-row INSERTs of at most ``_ROWS_PER_INSERT`` rows, each chunk encoded (by
+        ``encode``) just before it runs. The database runs a statement without the GIL, so a
+        chunk costs one hand-over of the GIL, not one per row; and a chunk is small enough
+        that encoding it holds the GIL for a fraction of a millisecond."""
         blob = self.blob
-        for start in range(0, len(records), _ROWS_PER_INSERT):
-            chunk = records[start:start + _ROWS_PER_INSERT]
-            inputs = encode_many([r.inputs for r in chunk])
-            outputs = encode_many([r.outputs for r in chunk])
+        for start in range(0, len(items), _ROWS_PER_INSERT):
             params: list[Any] = []
-            for r, x, y in zip(chunk, inputs, outputs, strict=True):
-                params += (r.request_id, r.time, r.model, r.version, r.signature, r.latency_ms,
-                           blob(x), blob(y))
-            yield _insert_sql(len(chunk), self.placeholder), params
+            for rid, t, model, version, signature, latency, x, y in encode(
+                    items[start:start + _ROWS_PER_INSERT]):
+                params += (rid, t, model, version, signature, latency, blob(x), blob(y))
+            yield _insert_sql(len(params) // 8, self.placeholder), params
 
     def _insert(self, statements: Iterator[tuple[str, list[Any]]]) -> None:
         """Run ``statements`` in one transaction."""

@@ -1,5 +1,8 @@
 """``LogWriter``: request-log records off the request path, in batches, never silently lost.
 
+``tfprod serve`` runs it inside a writer process of its own
+(:mod:`tfprod.monitor.writer_process`); in a process that does not serve, it runs on a thread.
+
 The request path calls :meth:`LogWriter.submit`, which appends to a bounded buffer under a lock
 and returns (about a microsecond). One writer thread takes up to ``batch_size`` records at a
 time and inserts them in one transaction. ``capacity`` bounds every record accepted but not yet
@@ -19,7 +22,6 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from tfprod.monitor.records import LogRecord
 from tfprod.monitor.store import Store, redact
 
 Log = Callable[[str], None]
@@ -35,23 +37,28 @@ class LogWriter:
         flush_interval: seconds a partial batch may wait.
         log: where one-line events go (write failures, reconnects).
         url: the store's URL, for messages.
+        write: how a batch goes into the store (default :meth:`Store.write`, for
+            :class:`LogRecord` items; the writer process passes :meth:`Store.write_rows`).
+        on_commit: called (on the writer thread) after each committed batch.
     """
 
     def __init__(self, connect: Callable[[], Store], *, capacity: int = 10_000,
                  batch_size: int = 512, flush_interval: float = 0.2, log: Log | None = None,
-                 url: str = "request log"):
+                 url: str = "request log",
+                 write: Callable[[Store, list], Any] | None = None,
+                 on_commit: Callable[[], None] | None = None):
         if capacity < 1 or batch_size < 1:
             raise ValueError("capacity and batch_size must be >= 1")
-        self._connect = connect
+        self._connect, self._on_commit = connect, on_commit
+        self._write = write or (lambda store, batch: store.write(batch))
         self.capacity, self.batch_size, self.flush_interval = capacity, batch_size, flush_interval
         self.url = redact(url)
         # Wake the writer at a full batch, or sooner when the buffer is small, so that a small
         # buffer does not fill while the writer sleeps out flush_interval.
         self._wake = max(min(batch_size, capacity // 4), 1)
         self.log: Log = log or (lambda _message: None)
-        self._queue: deque[LogRecord] = deque()
+        self._queue: deque[Any] = deque()
         self._cond = threading.Condition(threading.Lock())
-        self._pending_ids: dict[str, int] = {}
         self.pending = 0      # accepted, not yet committed
         self.written = 0
         self.dropped = 0
@@ -66,7 +73,7 @@ class LogWriter:
 
     # ------------------------------------------------------------------------ request path
 
-    def submit(self, record: LogRecord) -> bool:
+    def submit(self, record: Any) -> bool:
         """Queue ``record``; False (and counted in :attr:`dropped`) when the buffer is full."""
         with self._cond:
             if self.pending >= self.capacity or self._closing:
@@ -74,19 +81,13 @@ class LogWriter:
                 return False
             self.pending += 1
             self._queue.append(record)
-            self._pending_ids[record.request_id] = self._pending_ids.get(record.request_id, 0) + 1
             if len(self._queue) >= self._wake:
                 self._cond.notify()
         return True
 
-    def is_pending(self, request_id: str) -> bool:
-        """Whether a record with this id is accepted but not yet committed."""
-        with self._cond:
-            return request_id in self._pending_ids
-
     # ------------------------------------------------------------------------ writer thread
 
-    def _take(self) -> list[LogRecord]:
+    def _take(self) -> list[Any]:
         """The next batch: once ``batch_size`` records wait, or the oldest has waited
         ``flush_interval``, or someone flushes. Taking whatever arrived during the last write
         instead kept the writer busy with a small transaction after each write, each holding
@@ -104,7 +105,7 @@ class LogWriter:
             n = min(len(self._queue), self.batch_size)
             return [self._queue.popleft() for _ in range(n)]
 
-    def _commit(self, batch: list[LogRecord]) -> None:
+    def _commit(self, batch: list[Any]) -> None:
         backoff = 0.2
         while True:
             try:
@@ -113,7 +114,7 @@ class LogWriter:
                     if self.errors:
                         self.log(f"request log {self.url}: reconnected; writing "
                                  f"{self.pending} waiting records")
-                self._store.write(batch)
+                self._write(self._store, batch)
                 self.failing = False
                 return
             except Exception as e:  # the store is down or slow: keep the batch, retry
@@ -144,11 +145,9 @@ class LogWriter:
             with self._cond:
                 self.pending -= len(batch)
                 self.written += len(batch)
-                for r in batch:
-                    left = self._pending_ids.pop(r.request_id, 1) - 1
-                    if left:
-                        self._pending_ids[r.request_id] = left
                 self._cond.notify_all()
+            if self._on_commit is not None:
+                self._on_commit()
 
     def _drop_store(self) -> None:
         store, self._store = self._store, None
