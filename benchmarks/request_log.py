@@ -76,6 +76,10 @@ def print_profile(profile: dict) -> None:
     for name, p in profile.items():
         sv.console.print(f"{name} threads: " + ", ".join(
             f"{t} {share:.0%}" for t, share in p["threads"].items()))
+    sv.console.print("CPU us per request by thread (and writer process), from /proc: " + "; ".join(
+        f"{name}: " + ", ".join(f"{t} {us:.1f}" for t, us in sorted(
+            p["thread_us"].items(), key=lambda kv: -kv[1]) if us >= 0.5)
+        for name, p in profile.items()))
 
 
 def main() -> int:

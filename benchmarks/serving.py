@@ -84,6 +84,7 @@ from serving_tools import (
     py_spy,
     record,
     spread,
+    thread_cpu,
     wait_idle,
     write_lua,
 )
@@ -352,9 +353,13 @@ def profile_servers(servers: list[Server], wrk: Wrk, script: Path, seconds: int,
         raw = folder / f"profile-{s.name}.txt"
         started = wrk.start(s.url + PREDICT_PATH, script, load.connections, seconds + 2, s.pid)
         time.sleep(1)
-        cpu0, t0 = cpu_seconds([s.pid]), time.monotonic()
+        # The samples split the server process's CPU; its children (a request-log writer
+        # process) are measured beside it, not sampled.
+        threads0 = thread_cpu(s.pid)
+        cpu0, t0 = cpu_seconds([s.pid], children=False), time.monotonic()
         ok = record(s.pid, seconds, raw)
-        cpu, wall = cpu_seconds([s.pid]) - cpu0, time.monotonic() - t0
+        cpu, wall = cpu_seconds([s.pid], children=False) - cpu0, time.monotonic() - t0
+        threads = {k: v - threads0.get(k, 0.0) for k, v in thread_cpu(s.pid).items()}
         run = wrk.finish(started, seconds + 2, 1)
         if not ok:
             console.print(f"py-spy failed on {s.name}", style="yellow")
@@ -363,7 +368,9 @@ def profile_servers(servers: list[Server], wrk: Wrk, script: Path, seconds: int,
         requests = run.rps * wall
         per_request = 1e6 * cpu / requests if requests else 0.0
         out[s.name] = {**breakdown, "rps": run.rps, "cpu_us": per_request,
-                       "us": {k: v * per_request for k, v in breakdown["categories"].items()}}
+                       "us": {k: v * per_request for k, v in breakdown["categories"].items()},
+                       "thread_us": {k: 1e6 * v / requests for k, v in threads.items()
+                                     if requests and v > 0}}
     return out
 
 

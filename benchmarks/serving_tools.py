@@ -259,10 +259,55 @@ class Server:
             proc.wait(10)
 
 
-def cpu_seconds(pids: list[int | None]) -> float:
-    """User + system CPU seconds used so far by these processes (all their threads)."""
+def descendants(pid: int) -> list[int]:
+    """The PIDs of ``pid``'s children, their children, and so on (Linux ``/proc``)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        out += children
+        todo += children
+    return out
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds so far of ``pid``'s threads by thread name (threads of one name summed), and
+    of its descendant processes as ``process <name>``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+
+    def add(path: str, prefix: str = "") -> None:
+        try:
+            with open(path) as f:
+                text = f.read()
+        except OSError:
+            return
+        name = prefix + text[text.index("(") + 1:text.rindex(")")]
+        fields = text.rsplit(")", 1)[1].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        add(f"/proc/{pid}/task/{tid}/stat")
+    for child in descendants(pid):
+        add(f"/proc/{child}/stat", "process ")
+    return out
+
+
+def cpu_seconds(pids: list[int | None], *, children: bool = True) -> float:
+    """User + system CPU seconds used so far by these processes (all their threads) and, with
+    ``children``, their running descendants (a server's request-log writer process)."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0
+    if children:
+        pids = [*pids, *(c for pid in pids if pid is not None for c in descendants(pid))]
     for pid in pids:
         if pid is None:
             continue
@@ -349,6 +394,7 @@ CATEGORIES = (
     ("tfprod/monitor/records.py", "", "request log: encode records"),
     ("tfprod/monitor/store.py", "", "request log: SQLite / PostgreSQL insert"),
     ("tfprod/monitor/writer.py", "", "request log: writer queue"),
+    ("tfprod/monitor/writer_process.py", "", "request log: frames and pipe"),
     ("tfprod/monitor/server.py", "", "request log: on_predict"),
     ("tfprod/serve/hooks.py", "", "request log: on_predict"),
     ("starlette/", "", "Starlette router + middleware"),

@@ -64,12 +64,12 @@ def encode_tensors(tensors: dict[str, Any]) -> bytes:
     (names, dtypes, shapes) is kept once encoded, so a served model's requests of one size cost
     a ``tobytes`` per tensor and one join."""
     try:
-        layout = tuple([(name, v.dtype.str, v.shape) for name, v in tensors.items()])
+        layout = tuple([(name, v.dtype, v.shape) for name, v in tensors.items()])
+        return b"".join([_HEADS[layout], *[v.tobytes() for v in tensors.values()]])
     except AttributeError:  # not all numpy arrays
         layout = None
-    head = _HEADS.get(layout) if layout is not None else None
-    if head is not None:
-        return b"".join([head, *[v.tobytes() for v in tensors.values()]])
+    except KeyError:  # a layout not seen yet (or not cacheable: strings, big-endian)
+        pass
     header, chunks = [], []
     for name, value in tensors.items():
         a = np.asarray(value)
@@ -84,7 +84,7 @@ def encode_tensors(tensors: dict[str, Any]) -> bytes:
         chunks.append(data)
     head = orjson.dumps(header)
     head = _LEN.pack(len(head)) + head
-    if layout is not None and all(dtype[0] in "<|" and dtype[1] not in "OSU"
+    if layout is not None and all(dtype.str[0] in "<|" and dtype.kind not in "OSU"
                                   for _, dtype, _ in layout):
         if len(_HEADS) >= 1024:
             _HEADS.clear()

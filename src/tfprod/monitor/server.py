@@ -4,11 +4,12 @@ Attached to the server as its :class:`~tfprod.serve.hooks.ServingHooks`:
 
 - every finished predict of a logged model is sampled (``sampling_rate``) and queued to that
   model's :class:`~tfprod.monitor.writer_process.ProcessLogWriter` (SQLite or PostgreSQL,
-  written by a process of its own), and kept in a recent window in memory (the last
-  ``window_rows`` rows);
-- a background thread compares the window with the served version's reference sample every
-  ``interval_s`` seconds (:func:`~tfprod.monitor.detect_drift`, with the model's ``embedding``
-  signature when it has one) and publishes it as Prometheus gauges next to TF Serving's metrics
+  written by a process of its own): the request path only encodes and appends bytes;
+- a background thread reads the log's newest ``window_rows`` rows of the model (with every
+  replica's requests, when they share a PostgreSQL log), compares them with the served
+  version's reference sample every ``interval_s`` seconds
+  (:func:`~tfprod.monitor.detect_drift`, with the model's ``embedding`` signature when it has
+  one) and publishes it as Prometheus gauges next to TF Serving's metrics
   (``:tfprod:drift:score{model,feature}``, ``:tfprod:drift:dataset{model}``) and at
   ``GET /v1/models/NAME/monitor``;
 - ``POST /v1/models/NAME:feedback`` stores labels that arrive later, by request id;
@@ -25,7 +26,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +34,6 @@ import numpy as np
 import orjson
 
 from tfprod.errors import TfprodError
-from tfprod.monitor.records import LogRecord
 from tfprod.monitor.store import Store, claim_for_server, open_store, release
 from tfprod.monitor.writer_process import ProcessLogWriter
 
@@ -49,8 +48,7 @@ class _Model:
     writer: ProcessLogWriter
     url: str
     sampling_rate: float
-    window: deque = field(default_factory=deque)
-    window_rows: int = 0
+    window_rows: int = 0  # rows of the last window read
     report: dict[str, Any] | None = None
     computed_at: float | None = None
     error: str | None = None
@@ -108,15 +106,8 @@ class ServerMonitor:
         m = self.models.get(model)
         if m is None or (m.sampling_rate < 1.0 and random.random() >= m.sampling_rate):
             return
-        record = LogRecord(request_id, time.time(), model, int(version), signature, inputs,
-                           outputs, latency_s * 1000.0)
-        m.writer.submit(record)
-        if signature == "serving_default":
-            with self._lock:
-                m.window.append(record)
-                m.window_rows += record.rows
-                while m.window_rows - m.window[0].rows >= self.window_rows:
-                    m.window_rows -= m.window.popleft().rows
+        m.writer.add(request_id, time.time(), model, int(version), signature,
+                     latency_s * 1000.0, inputs, outputs)
 
     def feedback(self, model: str, body: bytes) -> bytes:
         from tfprod.serve.errors import invalid_argument, not_found
@@ -155,8 +146,7 @@ class ServerMonitor:
         if m is None:
             raise not_found(f"model {model!r} has no request log; start tfprod serve with "
                             "--request_log or a logging_config")
-        with self._lock:
-            rows = m.window_rows
+        rows = m.window_rows
         status = "ok" if m.report is not None else (
             "error" if m.error else f"waiting for {MIN_ROWS} logged rows" if rows < MIN_ROWS
             else "waiting for the next computation")
@@ -220,9 +210,9 @@ class ServerMonitor:
         from tfprod.monitor.store import records_to_dataset
 
         m = self.models[model]
-        with self._lock:
-            records = list(m.window)
-        if sum(r.rows for r in records) < MIN_ROWS:
+        records = self._store(m.url).recent(model, self.window_rows, signature="serving_default")
+        m.window_rows = sum(r.rows for r in records)
+        if m.window_rows < MIN_ROWS:
             return None
         ref, servable = self._reference_for(model)
         cur = records_to_dataset(records)

@@ -156,6 +156,25 @@ class Store:
             sql += f" LIMIT {int(limit)}"
         return [_record(*row) for row in self._execute(self._q(sql), params)]
 
+    def recent(self, model: str, rows: int, *, signature: str | None = None
+               ) -> list[LogRecord]:
+        """The newest logged requests of ``model`` (of ``signature`` if given) holding at least
+        ``rows`` instances between them, oldest first, labels joined: a monitoring window."""
+        where, params = ["r.model = ?"], [model]
+        if signature is not None:
+            where.append("r.signature = ?")
+            params.append(signature)
+        sql = (f"SELECT {_RECORD} FROM request_log r LEFT JOIN feedback f "
+               f"ON f.request_id = r.request_id AND f.model = r.model "
+               f"WHERE {' AND '.join(where)} ORDER BY r.id DESC LIMIT {max(int(rows), 0)}")
+        out, held = [], 0
+        for row in self._execute(self._q(sql), params):  # one instance a request, at least
+            if held >= rows:
+                break
+            out.append(_record(*row))
+            held += out[-1].rows
+        return out[::-1]
+
     def read_labelled(self, model: str, *, after: float | None = None,
                       after_row: int | None = None, limit: int | None = None
                       ) -> list[tuple[LogRecord, float, int]]:

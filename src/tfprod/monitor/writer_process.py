@@ -54,15 +54,14 @@ _FLUSH = struct.Struct("<Qd")  # sequence number, timeout (s)
 _PIPE_BYTES = 1 << 20  # asked of the kernel for each pipe (Linux caps it at pipe-max-size)
 
 
-def encode_record(record: LogRecord) -> bytes:
-    """``record`` as an ``R`` frame."""
-    rid, model, signature = (record.request_id.encode(), record.model.encode(),
-                             record.signature.encode())
-    x, y = encode_tensors(record.inputs), encode_tensors(record.outputs)
-    size = _RECORD.size + len(rid) + len(model) + len(signature) + len(x) + len(y)
-    return b"".join((_RECORD_FRAME.pack(82, size, record.time, record.latency_ms, record.version,
-                                        len(rid), len(model), len(signature), len(x), len(y)),
-                     rid, model, signature, x, y))
+def encode_record(request_id: str, when: float, model: str, version: int, signature: str,
+                  latency_ms: float, inputs: dict[str, Any], outputs: dict[str, Any]) -> bytes:
+    """One logged request as an ``R`` frame."""
+    rid, name, sig = request_id.encode(), model.encode(), signature.encode()
+    x, y = encode_tensors(inputs), encode_tensors(outputs)
+    return b"".join((_RECORD_FRAME.pack(
+        82, _RECORD.size + len(rid) + len(name) + len(sig) + len(x) + len(y), when, latency_ms,
+        version, len(rid), len(name), len(sig), len(x), len(y)), rid, name, sig, x, y))
 
 
 def _frame(kind: str, payload: bytes) -> bytes:
@@ -105,6 +104,7 @@ class ProcessLogWriter:
         self._closing = False
         self._generation = 0       # which writer process the buffer's frames are for
         self._accepted = 0         # records accepted by submit
+        self._settled = 0          # of those: committed, or lost with a writer process
         self._gone = 0             # accepted, then lost with a writer process that died
         self._dropped = 0          # refused by submit (the buffer was full)
         self._base = {"written": 0, "errors": 0, "dropped": 0}  # of writer processes gone
@@ -127,10 +127,16 @@ class ProcessLogWriter:
     def submit(self, record: LogRecord) -> bool:
         """Queue ``record``; False (and counted in :attr:`dropped`) when ``capacity`` records
         already wait."""
-        frame = encode_record(record)
+        return self.add(record.request_id, record.time, record.model, record.version,
+                        record.signature, record.latency_ms, record.inputs, record.outputs)
+
+    def add(self, request_id: str, when: float, model: str, version: int, signature: str,
+            latency_ms: float, inputs: dict[str, Any], outputs: dict[str, Any]) -> bool:
+        """:meth:`submit` without making a :class:`LogRecord` (the server's request path)."""
+        frame = encode_record(request_id, when, model, version, signature, latency_ms, inputs,
+                              outputs)
         with self._cond:
-            if (self._closing or self._accepted - self._gone - self._base["written"]
-                    - self._child_stats["written"] >= self.capacity):
+            if self._accepted - self._settled >= self.capacity or self._closing:
                 self._dropped += 1
                 return False
             self._accepted += 1
@@ -152,9 +158,12 @@ class ProcessLogWriter:
 
     @property
     def pending(self) -> int:
-        with self._cond:
-            return max(self._accepted - self._gone - self.written
-                       - self._base["dropped"] - self._child_stats["dropped"], 0)
+        return max(self._accepted - self._settled, 0)
+
+    def _settle(self) -> None:
+        """Recount :attr:`_settled` (with ``_cond`` held) after the counts changed."""
+        self._settled = (self.written + self._gone + self._base["dropped"]
+                         + self._child_stats["dropped"])
 
     @property
     def errors(self) -> int:
@@ -280,6 +289,7 @@ class ProcessLogWriter:
                 with self._cond:
                     if "stats" in message:
                         self._child_stats = message["stats"]
+                        self._settle()
                     if "flushed" in message:
                         self._flushed[message["flushed"]] = bool(message["ok"])
                     self._cond.notify_all()
@@ -288,13 +298,13 @@ class ProcessLogWriter:
             return
         with self._fd_lock:
             with self._cond:
-                held = (self._accepted - self._gone - self.written - self._base["dropped"]
-                        - self._child_stats["dropped"])
+                held = self._accepted - self._settled
                 self._gone += held
                 for key in self._base:
                     self._base[key] += self._child_stats[key]
                 self._child_stats = {**self._child_stats, "written": 0, "errors": 0,
                                      "dropped": 0}
+                self._settle()
                 self._buf = bytearray()
                 self._generation += 1
                 for seq in range(1, self._flush_seq + 1):
@@ -326,6 +336,8 @@ def _serve(data_fd: int, status_fd: int) -> int:
     # SIGTERM sent to the whole process group: they would lose what is still in the pipe.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        os.nice(int(os.environ.get("TFPROD_LOG_WRITER_NICE", "19")))
     send_lock = threading.Lock()
 
     def send(message: dict[str, Any]) -> None:
