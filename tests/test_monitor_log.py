@@ -94,6 +94,39 @@ def test_store_round_trips_records_and_joins_feedback(store_url):
     store.close()
 
 
+def _numeric_record(i, rows):
+    rng = np.random.default_rng(i)
+    return LogRecord(f"w-{i}", 1_700_000_000.0 + i, "digits", 1,
+                     "serving_default" if i % 7 else "embedding",
+                     {"image": rng.random((rows, 4, 4, 1), dtype=np.float32),
+                      "k": np.arange(rows, dtype=np.int64) + i},
+                     {"probabilities": rng.random((rows, 3))}, 1.0)
+
+
+@pytest.mark.parametrize("sizes", ["one layout", "mixed sizes"])
+def test_the_drift_window_is_the_newest_rows_decoded_together(store_url, sizes):
+    """``Store.window``: the last N instances of one signature, oldest first, labels joined,
+    equal to decoding each record (the one-layout path and the mixed fallback)."""
+    store = open_store(store_url)
+    records = [_numeric_record(i, 1 if sizes == "one layout" else 1 + i % 3) for i in range(60)]
+    store.write(records)
+    store.add_feedback("digits", [("w-57", 2)], time=1.0)
+    window = store.window("digits", 25, signature="serving_default")
+    kept = [r for r in records if r.signature == "serving_default"]
+    want = records_to_dataset(kept)
+    assert window.rows == 25
+    for k in ("image", "k"):
+        assert np.array_equal(window.features[k], want.features[k][-25:]), k
+    assert np.array_equal(window.predictions["probabilities"],
+                          want.predictions["probabilities"][-25:])
+    assert window.ids == want.ids[-25:] and np.array_equal(window.times, want.times[-25:])
+    at = [i for i, rid in enumerate(window.ids) if rid.split("/")[0] == "w-57"]
+    assert at and all(window.labels[i] == 2 for i in at)
+    assert np.isnan(np.delete(window.labels, at)).all()
+    assert store.window("other", 25).rows == 0
+    store.close()
+
+
 def test_records_read_as_tf_serving_prediction_logs(tmp_path):
     import tensorflow as tf
 

@@ -207,17 +207,15 @@ class ServerMonitor:
         """Drift of the model's recent window now (what the background thread runs)."""
         from tfprod.monitor.datasets import Dataset
         from tfprod.monitor.drift import detect_drift
-        from tfprod.monitor.store import records_to_dataset
 
         m = self.models[model]
-        records = self._store(m.url).recent(model, self.window_rows, signature="serving_default")
-        m.window_rows = sum(r.rows for r in records)
-        if m.window_rows < MIN_ROWS:
+        cur = self._store(m.url).window(model, self.window_rows, signature="serving_default")
+        m.window_rows = cur.rows
+        if cur.rows < MIN_ROWS:
             return None
         ref, servable = self._reference_for(model)
-        cur = records_to_dataset(records)
         cur = Dataset(cur.features, cur.predictions, times=cur.times, ids=cur.ids,
-                      source=f"the last {cur.rows} logged rows of {model}")
+                      source=cur.source)
         if ref.embeddings is not None:
             cur.embeddings = _embed(servable, cur.features)
         report = detect_drift(ref, cur, workers=1).to_json()

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from tfprod.errors import TfprodError
-from tfprod.monitor.records import LogRecord, decode_tensors, encode_many
+from tfprod.monitor.records import LogRecord, decode_concatenated, decode_tensors, encode_many
 
 _COLUMNS = "request_id, time, model, version, signature, latency_ms, inputs, outputs"
 _ROWS_PER_INSERT = 128  # 1,024 parameters: under SQLite's 32,766 and PostgreSQL's 65,535
@@ -156,24 +156,22 @@ class Store:
             sql += f" LIMIT {int(limit)}"
         return [_record(*row) for row in self._execute(self._q(sql), params)]
 
-    def recent(self, model: str, rows: int, *, signature: str | None = None
-               ) -> list[LogRecord]:
-        """The newest logged requests of ``model`` (of ``signature`` if given) holding at least
-        ``rows`` instances between them, oldest first, labels joined: a monitoring window."""
+    def window(self, model: str, rows: int, *, signature: str | None = None) -> Any:
+        """The newest ``rows`` logged instances of ``model`` (of ``signature`` if given) as a
+        :class:`~tfprod.monitor.datasets.Dataset`, oldest first, labels joined: what the
+        server's drift monitor compares with the reference. Requests of one layout are
+        decoded together (:func:`~tfprod.monitor.records.decode_concatenated`)."""
         where, params = ["r.model = ?"], [model]
         if signature is not None:
             where.append("r.signature = ?")
             params.append(signature)
-        sql = (f"SELECT {_RECORD} FROM request_log r LEFT JOIN feedback f "
-               f"ON f.request_id = r.request_id AND f.model = r.model "
-               f"WHERE {' AND '.join(where)} ORDER BY r.id DESC LIMIT {max(int(rows), 0)}")
-        out, held = [], 0
-        for row in self._execute(self._q(sql), params):  # one instance a request, at least
-            if held >= rows:
-                break
-            out.append(_record(*row))
-            held += out[-1].rows
-        return out[::-1]
+        # Every request holds at least one instance: ``rows`` requests are enough.
+        found = self._execute(self._q(
+            f"SELECT r.request_id, r.time, r.inputs, r.outputs, f.label FROM request_log r "
+            f"LEFT JOIN feedback f ON f.request_id = r.request_id AND f.model = r.model "
+            f"WHERE {' AND '.join(where)} ORDER BY r.id DESC LIMIT {max(int(rows), 0)}"),
+            params)[::-1]
+        return _window_dataset(found, rows, model)
 
     def read_labelled(self, model: str, *, after: float | None = None,
                       after_row: int | None = None, limit: int | None = None
@@ -419,6 +417,32 @@ def release(key: str | None) -> None:
             del _CLAIMS[key]
             with contextlib.suppress(OSError):
                 os.close(held[0])  # closing the descriptor drops the flock
+
+
+def _window_dataset(found: list[tuple], rows: int, model: str) -> Any:
+    """``Store.window``'s rows (id, time, inputs, outputs, label) as a Dataset of the last
+    ``rows`` instances."""
+    from tfprod.monitor.datasets import Dataset
+
+    source = f"the last {rows} logged rows of {model}"
+    if not found:
+        return Dataset({}, source=source)
+    features, sizes = decode_concatenated([r[2] for r in found])
+    predictions, _ = decode_concatenated([r[3] for r in found])
+    times = np.repeat([float(r[1]) for r in found], sizes)
+    ids = [rid if n == 1 else f"{rid}/{i}" for (rid, *_), n in zip(found, sizes, strict=True)
+           for i in range(n)]
+    labels = np.full(len(ids), np.nan)
+    at = 0
+    for (*_, label), n in zip(found, sizes, strict=True):
+        if label is not None:
+            value = np.asarray(json.loads(label), dtype=np.float64).reshape(-1)
+            labels[at:at + n] = value if value.size == n else value[0]
+        at += n
+    keep = slice(max(len(ids) - rows, 0), None)
+    return Dataset({k: v[keep] for k, v in features.items()},
+                   {k: v[keep] for k, v in predictions.items()}, labels[keep],
+                   times=times[keep], ids=ids[keep], source=source)
 
 
 def records_to_dataset(records: Sequence[LogRecord]) -> Any:
