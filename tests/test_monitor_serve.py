@@ -223,7 +223,7 @@ def test_sigkill_loses_nothing_the_writer_process_was_handed(tiny_base, tmp_path
             for i in range(300):
                 _predict(client, x, rid=f"k{i}")
             stats = client.get("/v1/models/tiny/monitor").json()["request_log"]
-        time.sleep(0.05)  # past the pump interval (10 ms), inside the flush interval (0.2 s)
+        time.sleep(0.12)  # past the pump interval (50 ms), inside the flush interval (0.2 s)
         os.kill(server.proc.pid, signal.SIGKILL)
         server.proc.wait(10)
         assert stats["writer_pid"] not in (None, server.proc.pid)
