@@ -87,6 +87,18 @@ class LogWriter:
 
     # ------------------------------------------------------------------------ writer thread
 
+    def submit_many(self, records: list[Any]) -> int:
+        """:meth:`submit` each of ``records`` under one lock; returns how many were accepted."""
+        with self._cond:
+            room = 0 if self._closing else max(self.capacity - self.pending, 0)
+            accepted = records[:room]
+            self.dropped += len(records) - len(accepted)
+            self.pending += len(accepted)
+            self._queue.extend(accepted)
+            if len(self._queue) >= self._wake:
+                self._cond.notify()
+        return len(accepted)
+
     def _take(self) -> list[Any]:
         """The next batch: once ``batch_size`` records wait, or the oldest has waited
         ``flush_interval``, or someone flushes. Taking whatever arrived during the last write

@@ -344,24 +344,45 @@ def _serve(data_fd: int, status_fd: int) -> int:
         with send_lock, contextlib.suppress(OSError):
             os.write(status_fd, orjson.dumps(message) + b"\n")
 
-    buf = bytearray()
-
     def frames():
-        """(kind, payload) of each whole frame read; ends when the server closes the pipe."""
+        """(kind, data, start, end) of each whole frame read: a batch of records
+        (``R``, as rows) or another frame; ends when the server closes the pipe."""
+        left = b""
+        names: dict[bytes, str] = {}  # model and signature names, decoded once
         while True:
             chunk = os.read(data_fd, _PIPE_BYTES)
             if not chunk:
                 return
-            buf.extend(chunk)
-            pos = 0
-            while len(buf) - pos >= _FRAME.size:
-                kind, size = _FRAME.unpack_from(buf, pos)
+            data = left + chunk if left else chunk
+            pos, end, rows = 0, len(data), []
+            while end - pos >= _FRAME.size:
+                kind, size = _FRAME.unpack_from(data, pos)
                 start = pos + _FRAME.size
-                if len(buf) - start < size:
+                if end - start < size:
                     break
-                yield kind, memoryview(buf)[start:start + size]
                 pos = start + size
-            del buf[:pos]
+                if kind != 82:  # not R
+                    if rows:
+                        yield 82, rows
+                        rows = []
+                    yield kind, data[start:pos]
+                    continue
+                t, latency, version, n_id, n_model, n_sig, n_x, n_y = _RECORD.unpack_from(
+                    data, start)
+                o = start + _RECORD.size
+                rid = data[o:o + n_id].decode()
+                o += n_id
+                model = data[o:o + n_model]
+                o += n_model
+                signature = data[o:o + n_sig]
+                o += n_sig
+                rows.append((rid, t, names.get(model) or names.setdefault(model, model.decode()),
+                             version, names.get(signature) or names.setdefault(
+                                 signature, signature.decode()),
+                             latency, data[o:o + n_x], data[o + n_x:o + n_x + n_y]))
+            if rows:
+                yield 82, rows
+            left = data[pos:]
 
     writer: LogWriter | None = None
     last: tuple = ()
@@ -389,14 +410,7 @@ def _serve(data_fd: int, status_fd: int) -> int:
 
     for kind, payload in frames():
         if kind == ord("R"):
-            t, latency, version, *sizes = _RECORD.unpack_from(payload)
-            parts, offset = [], _RECORD.size
-            for n in sizes:
-                parts.append(bytes(payload[offset:offset + n]))
-                offset += n
-            rid, model, signature, x, y = parts
-            writer.submit((rid.decode(), t, model.decode(), version, signature.decode(),
-                           latency, x, y))
+            writer.submit_many(payload)
         elif kind == ord("F"):
             seq, timeout = _FLUSH.unpack_from(payload)
             ok = writer.flush(timeout)
@@ -412,7 +426,6 @@ def _serve(data_fd: int, status_fd: int) -> int:
                                write=lambda store, rows: store.write_rows(rows),
                                on_commit=committed.set)
             threading.Thread(target=reporter, name="report", daemon=True).start()
-        del payload
     if writer is None:
         return 0
     ok = writer.close(30.0)
