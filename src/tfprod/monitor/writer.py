@@ -39,17 +39,15 @@ class LogWriter:
         url: the store's URL, for messages.
         write: how a batch goes into the store (default :meth:`Store.write`, for
             :class:`LogRecord` items; the writer process passes :meth:`Store.write_rows`).
-        on_commit: called (on the writer thread) after each committed batch.
     """
 
     def __init__(self, connect: Callable[[], Store], *, capacity: int = 10_000,
                  batch_size: int = 512, flush_interval: float = 0.2, log: Log | None = None,
                  url: str = "request log",
-                 write: Callable[[Store, list], Any] | None = None,
-                 on_commit: Callable[[], None] | None = None):
+                 write: Callable[[Store, list], Any] | None = None):
         if capacity < 1 or batch_size < 1:
             raise ValueError("capacity and batch_size must be >= 1")
-        self._connect, self._on_commit = connect, on_commit
+        self._connect = connect
         self._write = write or (lambda store, batch: store.write(batch))
         self.capacity, self.batch_size, self.flush_interval = capacity, batch_size, flush_interval
         self.url = redact(url)
@@ -158,8 +156,6 @@ class LogWriter:
                 self.pending -= len(batch)
                 self.written += len(batch)
                 self._cond.notify_all()
-            if self._on_commit is not None:
-                self._on_commit()
 
     def _drop_store(self) -> None:
         store, self._store = self._store, None
