@@ -98,8 +98,8 @@ class ProcessLogWriter:
                                      "flush_interval": flush_interval})
         self.log: Log = log or (lambda _message: None)
         self._cond = threading.Condition(threading.Lock())
-        self._buf = bytearray()
-        self._wake_bytes = 256 * 1024
+        self._frames: list[bytes] = []  # waiting for the pump (a list: no copy per append)
+        self._wake_frames = 4096
         self._urgent = False       # a flush or close waits: pump now
         self._closing = False
         self._generation = 0       # which writer process the buffer's frames are for
@@ -140,9 +140,8 @@ class ProcessLogWriter:
                 self._dropped += 1
                 return False
             self._accepted += 1
-            was = len(self._buf)
-            self._buf += frame
-            if was < self._wake_bytes <= len(self._buf):
+            self._frames.append(frame)
+            if len(self._frames) == self._wake_frames:
                 self._cond.notify_all()
         return True
 
@@ -196,7 +195,7 @@ class ProcessLogWriter:
         with self._cond:
             self._flush_seq += 1
             seq = self._flush_seq
-            self._buf += _frame("F", _FLUSH.pack(seq, timeout))
+            self._frames.append(_frame("F", _FLUSH.pack(seq, timeout)))
             self._urgent = True
             self._cond.notify_all()
             while seq not in self._flushed:
@@ -260,15 +259,16 @@ class ProcessLogWriter:
             with self._cond:
                 # A timed wait, not a wake-up per first record: every wake-up costs the event
                 # loop a hand-over of the GIL.
-                if not self._urgent and not self._closing and len(self._buf) < self._wake_bytes:
+                if not self._urgent and not self._closing and \
+                        len(self._frames) < self._wake_frames:
                     self._cond.wait(self.pump_interval)
-                data, self._buf, self._urgent = self._buf, bytearray(), False
+                data, self._frames, self._urgent = self._frames, [], False
                 generation, closing = self._generation, self._closing
             with self._fd_lock:
                 if data and generation == self._generation:
                     # OSError: the writer process died; _read_status counts and restarts
                     with contextlib.suppress(OSError):
-                        self._write_all(self._data_fd, data)
+                        self._write_all(self._data_fd, b"".join(data))
                 if closing:
                     with contextlib.suppress(OSError):
                         os.close(self._data_fd)
@@ -305,7 +305,7 @@ class ProcessLogWriter:
                 self._child_stats = {**self._child_stats, "written": 0, "errors": 0,
                                      "dropped": 0}
                 self._settle()
-                self._buf = bytearray()
+                self._frames = []
                 self._generation += 1
                 for seq in range(1, self._flush_seq + 1):
                     self._flushed.setdefault(seq, False)
