@@ -222,6 +222,27 @@ def test_validation_issues_name_the_offending_rows():
     assert report.exit_status == 1
 
 
+def test_range_and_nan_checks_per_row_of_multi_value_features():
+    """Rows out of range or non-finite in any element are named; +-Inf is a NaN/Inf issue,
+    not an out-of-range one; a reference with NaN allows them; clean data has no issues."""
+    from tfprod.monitor import Schema
+
+    rng = np.random.default_rng(3)
+    ref = rng.uniform(-1, 1, (200, 3)).astype(np.float32)
+    schema = Schema.infer({"x": ref, "n": np.r_[rng.uniform(0, 1, 99), np.nan]})
+    assert schema.features["x"].minimum == float(ref.min()) and not schema.features["x"].allow_nan
+    assert schema.features["n"].allow_nan and schema.features["n"].maximum < 1
+    assert schema.validate({"x": ref[:50], "n": np.full(50, 0.5)}) == []
+    cur = rng.uniform(-0.5, 0.5, (10, 3)).astype(np.float32)
+    cur[2, 1], cur[4, 0], cur[6, 2], cur[8, 1] = 9.0, np.inf, np.nan, -np.inf
+    cur[8, 2] = -7.0  # out of range beside an Inf in the same row
+    issues = schema.validate({"x": cur, "n": np.r_[np.full(9, 0.5), np.nan]})
+    by = {i["check"]: i for i in issues if i["feature"] == "x"}
+    assert by["nan"]["examples"] == [4, 6, 8]
+    assert by["out_of_range"]["examples"] == [2, 8]
+    assert not [i for i in issues if i["feature"] == "n"]  # the reference had NaN
+
+
 def test_wrong_dtype_and_shape_are_validation_errors():
     from tfprod.monitor import Schema
 

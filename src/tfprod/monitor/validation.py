@@ -60,10 +60,13 @@ class Schema:
             s = FeatureSchema(_kind(x), list(x.shape[1:]))
             if s.kind in ("int", "float") and x.size:
                 flat = x.reshape(-1)
-                finite = flat[np.isfinite(flat)] if s.kind == "float" else flat
-                s.allow_nan = bool(finite.size < flat.size)
-                if finite.size:
-                    s.minimum, s.maximum = float(finite.min()), float(finite.max())
+                low, high = flat.min(), flat.max()  # NaN when any is: then the slow way
+                if s.kind == "float" and not (np.isfinite(low) and np.isfinite(high)):
+                    finite = flat[np.isfinite(flat)]
+                    s.allow_nan = bool(finite.size < flat.size)
+                    low, high = (finite.min(), finite.max()) if finite.size else (None, None)
+                if low is not None:
+                    s.minimum, s.maximum = float(low), float(high)
             if s.kind in ("string", "bool") or (s.kind == "int" and x.ndim <= 2 and
                                                  np.prod(x.shape[1:]) <= 1):
                 values_seen = np.unique(_strings(x))
@@ -115,16 +118,21 @@ class Schema:
                 continue
             if kind in ("int", "float") and len(x):
                 flat = x.reshape(len(x), -1)
-                if kind == "float" and not s.allow_nan:
+                # Whole-column min and max first (no temporaries): rows are looked at only when
+                # they say something is off, which on clean data they do not.
+                low, high = flat.min(), flat.max()
+                all_finite = kind != "float" or bool(np.isfinite(low) and np.isfinite(high))
+                if not all_finite and not s.allow_nan:
                     bad = np.flatnonzero(~np.isfinite(flat).all(axis=1))
                     if bad.size:
                         add(name, "nan", bad, f"feature {name!r} has NaN/Inf in {bad.size} rows; "
                             "the reference had none")
-                if s.minimum is not None:
-                    finite = np.isfinite(flat)
-                    low = np.where(finite, flat, np.inf).min(axis=1) < s.minimum
-                    high = np.where(finite, flat, -np.inf).max(axis=1) > s.maximum
-                    bad = np.flatnonzero(low | high)
+                if s.minimum is not None and not (all_finite and s.minimum <= low
+                                                  and high <= s.maximum):
+                    out = (flat < s.minimum) | (flat > s.maximum)  # NaN compares False
+                    if not all_finite:
+                        out &= np.isfinite(flat)  # +-Inf are not "out of range"
+                    bad = np.flatnonzero(out.any(axis=1) if out.shape[1] > 1 else out[:, 0])
                     if bad.size:
                         add(name, "out_of_range", bad, f"feature {name!r} has {bad.size} rows "
                             f"outside the reference range [{s.minimum:g}, {s.maximum:g}]")
