@@ -4,7 +4,7 @@
 The log stores a record's inputs and outputs as one blob each (:func:`encode_tensors`): a small
 JSON header (name, dtype, shape, byte length per tensor) followed by the raw little-endian
 values; strings as length-prefixed bytes. Encoding costs a ``tobytes`` per tensor, decoding a
-``frombuffer``: cheap on the writer thread, exact in both directions. :func:`to_prediction_log`
+``frombuffer``: cheap, exact in both directions. :func:`to_prediction_log`
 turns a record into the ``PredictionLog`` proto that TF Serving's request logger writes (what
 TFX tools read), with ``log_metadata`` (model spec, sampling rate, time).
 """

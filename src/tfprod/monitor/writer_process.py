@@ -17,7 +17,8 @@ The guarantees of :class:`~tfprod.monitor.writer.LogWriter` hold across the two 
   server's log;
 - when the server dies, even by SIGKILL, the writer process reads to the end of the pipe,
   commits what it read and exits: only the records the pump had not yet handed over are lost,
-  a few milliseconds' worth (:attr:`ProcessLogWriter.pid` names the process to wait for);
+  at most ``pump_interval``'s worth (:attr:`ProcessLogWriter.pid` names the process to wait
+  for);
 - when the writer process dies, the server logs one line, counts the records it held as
   dropped and starts another.
 
