@@ -64,11 +64,12 @@ def encode_tensors(tensors: dict[str, Any]) -> bytes:
     (names, dtypes, shapes) is kept once encoded, so a served model's requests of one size cost
     a ``tobytes`` per tensor and one join."""
     try:
-        layout = tuple([(name, v.dtype, v.shape) for name, v in tensors.items()])
-        return b"".join([_HEADS[layout], *[v.tobytes() for v in tensors.values()]])
-    except AttributeError:  # not all numpy arrays
-        layout = None
-    except KeyError:  # a layout not seen yet (or not cacheable: strings, big-endian)
+        if len(tensors) == 1:  # the common case, without building lists
+            ((name, v),) = tensors.items()
+            return _HEADS[((name, v.dtype, v.shape),)] + v.tobytes()
+        return b"".join([_HEADS[tuple([(name, v.dtype, v.shape) for name, v in tensors.items()])],
+                         *[v.tobytes() for v in tensors.values()]])
+    except (AttributeError, KeyError, TypeError):  # not arrays, or a layout not kept (yet)
         pass
     header, chunks = [], []
     for name, value in tensors.items():
@@ -84,11 +85,11 @@ def encode_tensors(tensors: dict[str, Any]) -> bytes:
         chunks.append(data)
     head = orjson.dumps(header)
     head = _LEN.pack(len(head)) + head
-    if layout is not None and all(dtype.str[0] in "<|" and dtype.kind not in "OSU"
-                                  for _, dtype, _ in layout):
+    if all(isinstance(v, np.ndarray) and v.dtype.str[0] in "<|" and v.dtype.kind not in "OSU"
+           for v in tensors.values()):
         if len(_HEADS) >= 1024:
             _HEADS.clear()
-        _HEADS[layout] = head
+        _HEADS[tuple([(name, v.dtype, v.shape) for name, v in tensors.items()])] = head
     return b"".join([head, *chunks])
 
 
