@@ -205,7 +205,6 @@ class ServerMonitor:
 
     def compute(self, model: str) -> dict[str, Any] | None:
         """Drift of the model's recent window now (what the background thread runs)."""
-        from tfprod.monitor.datasets import Dataset
         from tfprod.monitor.drift import detect_drift
 
         m = self.models[model]
@@ -214,8 +213,7 @@ class ServerMonitor:
         if cur.rows < MIN_ROWS:
             return None
         ref, servable = self._reference_for(model)
-        cur = Dataset(cur.features, cur.predictions, times=cur.times, ids=cur.ids,
-                      source=cur.source)
+        cur.labels = None  # the window's report is on inputs and outputs
         if ref.embeddings is not None:
             cur.embeddings = _embed(servable, cur.features)
         report = detect_drift(ref, cur, workers=1).to_json()

@@ -422,50 +422,47 @@ def release(key: str | None) -> None:
 def _window_dataset(found: list[tuple], rows: int, model: str) -> Any:
     """``Store.window``'s rows (id, time, inputs, outputs, label) as a Dataset of the last
     ``rows`` instances."""
-    from tfprod.monitor.datasets import Dataset
-
     source = f"the last {rows} logged rows of {model}"
     if not found:
-        return Dataset({}, source=source)
+        return _instances({}, {}, [], [], [], [], source)
     features, sizes = decode_concatenated([r[2] for r in found])
     predictions, _ = decode_concatenated([r[3] for r in found])
-    times = np.repeat([float(r[1]) for r in found], sizes)
-    ids = [rid if n == 1 else f"{rid}/{i}" for (rid, *_), n in zip(found, sizes, strict=True)
+    data = _instances(features, predictions, sizes, [r[0] for r in found],
+                      [float(r[1]) for r in found],
+                      [None if r[4] is None else json.loads(r[4]) for r in found], source)
+    return data if data.rows <= rows else data.take(np.arange(data.rows - rows, data.rows))
+
+
+def _instances(features: dict[str, np.ndarray], predictions: dict[str, np.ndarray],
+               sizes: list[int], request_ids: list[str], times: list[float], labels: list[Any],
+               source: str) -> Any:
+    """A Dataset of logged requests' instances (``sizes[i]`` rows for request ``i``): one id
+    per instance (``id/k`` when a request held several), its request's time and label (NaN
+    where none arrived)."""
+    from tfprod.monitor.datasets import Dataset
+
+    if not sizes:
+        return Dataset({}, source=source)
+    ids = [rid if n == 1 else f"{rid}/{i}" for rid, n in zip(request_ids, sizes, strict=True)
            for i in range(n)]
-    labels = np.full(len(ids), np.nan)
+    values = np.full(len(ids), np.nan)
     at = 0
-    for (*_, label), n in zip(found, sizes, strict=True):
+    for label, n in zip(labels, sizes, strict=True):
         if label is not None:
-            value = np.asarray(json.loads(label), dtype=np.float64).reshape(-1)
-            labels[at:at + n] = value if value.size == n else value[0]
+            value = np.asarray(label, dtype=np.float64).reshape(-1)
+            values[at:at + n] = value if value.size == n else value[0]
         at += n
-    keep = slice(max(len(ids) - rows, 0), None)
-    return Dataset({k: v[keep] for k, v in features.items()},
-                   {k: v[keep] for k, v in predictions.items()}, labels[keep],
-                   times=times[keep], ids=ids[keep], source=source)
+    return Dataset(features, predictions, values, times=np.repeat(times, sizes), ids=ids,
+                   source=source)
 
 
 def records_to_dataset(records: Sequence[LogRecord]) -> Any:
     """Concatenate logged requests into a :class:`~tfprod.monitor.datasets.Dataset` (one row
     per instance; labels NaN where none arrived)."""
-    from tfprod.monitor.datasets import Dataset
-
-    if not records:
-        return Dataset({}, source="the request log")
     features = {k: np.concatenate([r.inputs[k] for r in records]) for k in records[0].inputs
-                if all(k in r.inputs for r in records)}
+                if all(k in r.inputs for r in records)} if records else {}
     predictions = {k: np.concatenate([r.outputs[k] for r in records]) for k in records[0].outputs
-                   if all(k in r.outputs for r in records)}
-    sizes = [r.rows for r in records]
-    times = np.repeat([r.time for r in records], sizes)
-    ids = [r.request_id if n == 1 else f"{r.request_id}/{i}"
-           for r, n in zip(records, sizes, strict=True) for i in range(n)]
-    labels = np.full(sum(sizes), np.nan)
-    i = 0
-    for r, n in zip(records, sizes, strict=True):
-        if r.label is not None:
-            value = np.asarray(r.label, dtype=np.float64).reshape(-1)
-            labels[i:i + n] = value if value.size == n else value[0]
-        i += n
-    return Dataset(features, predictions, labels, times=times, ids=ids,
-                   source="the request log")
+                   if all(k in r.outputs for r in records)} if records else {}
+    return _instances(features, predictions, [r.rows for r in records],
+                      [r.request_id for r in records], [r.time for r in records],
+                      [r.label for r in records], "the request log")

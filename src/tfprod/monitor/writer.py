@@ -73,17 +73,7 @@ class LogWriter:
 
     def submit(self, record: Any) -> bool:
         """Queue ``record``; False (and counted in :attr:`dropped`) when the buffer is full."""
-        with self._cond:
-            if self.pending >= self.capacity or self._closing:
-                self.dropped += 1
-                return False
-            self.pending += 1
-            self._queue.append(record)
-            if len(self._queue) >= self._wake:
-                self._cond.notify()
-        return True
-
-    # ------------------------------------------------------------------------ writer thread
+        return self.submit_many([record]) == 1
 
     def submit_many(self, records: list[Any]) -> int:
         """:meth:`submit` each of ``records`` under one lock; returns how many were accepted."""
@@ -96,6 +86,8 @@ class LogWriter:
             if len(self._queue) >= self._wake:
                 self._cond.notify()
         return len(accepted)
+
+    # ------------------------------------------------------------------------ writer thread
 
     def _take(self) -> list[Any]:
         """The next batch: once ``batch_size`` records wait, or the oldest has waited

@@ -123,8 +123,9 @@ class ProcessLogWriter:
         self._base = {"written": 0, "errors": 0, "dropped": 0}  # of writer processes gone
         self._child_stats: dict[str, Any] = {"written": 0, "errors": 0, "dropped": 0,
                                              "failing": False, "last_error": None}
+        # Flushes are answered in order: the last answer (sequence number, ok) is enough.
         self._flush_seq = 0
-        self._flushed: dict[int, bool] = {}
+        self._answered, self._answered_ok = 0, True
         self._fd_lock = threading.Lock()  # the pipe's write end; taken before _cond, never after
         self._proc: subprocess.Popen | None = None
         self._data_fd = -1
@@ -211,12 +212,12 @@ class ProcessLogWriter:
             self._frames.append(_frame("F", _FLUSH.pack(seq, timeout)))
             self._urgent = True
             self._cond.notify_all()
-            while seq not in self._flushed:
+            while self._answered < seq:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
                 self._cond.wait(left)
-            return self._flushed.pop(seq)
+            return self._answered_ok
 
     def close(self, timeout: float = 30.0) -> bool:
         """Write what is queued (up to ``timeout``), then stop the writer process."""
@@ -304,7 +305,8 @@ class ProcessLogWriter:
                         self._child_stats = message["stats"]
                         self._settle()
                     if "flushed" in message:
-                        self._flushed[message["flushed"]] = bool(message["ok"])
+                        self._answered = message["flushed"]
+                        self._answered_ok = bool(message["ok"])
                     self._cond.notify_all()
         code = proc.wait()
         if self._closing:
@@ -320,8 +322,7 @@ class ProcessLogWriter:
                 self._settle()
                 self._frames = []
                 self._generation += 1
-                for seq in range(1, self._flush_seq + 1):
-                    self._flushed.setdefault(seq, False)
+                self._answered, self._answered_ok = self._flush_seq, False
                 self._cond.notify_all()
             with contextlib.suppress(OSError):
                 os.close(self._data_fd)
@@ -350,7 +351,7 @@ def _serve(data_fd: int, status_fd: int) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     with contextlib.suppress(OSError):
-        os.nice(int(os.environ.get("TFPROD_LOG_WRITER_NICE", "19")))
+        os.nice(19)  # serving comes first
     send_lock = threading.Lock()
 
     def send(message: dict[str, Any]) -> None:
@@ -358,8 +359,8 @@ def _serve(data_fd: int, status_fd: int) -> int:
             os.write(status_fd, orjson.dumps(message) + b"\n")
 
     def frames():
-        """(kind, data, start, end) of each whole frame read: a batch of records
-        (``R``, as rows) or another frame; ends when the server closes the pipe."""
+        """(kind, payload) of each whole frame read, the ``R`` frames of one read together as
+        a list of rows; ends when the server closes the pipe."""
         left = b""
         names: dict[bytes, str] = {}  # model and signature names, decoded once
         while True:
